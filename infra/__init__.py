@@ -1,0 +1,1 @@
+"""Starting the real parts locally and in CI: the Kafka broker (KRaft) and its topics."""
