@@ -19,6 +19,9 @@ infra_app = typer.Typer(no_args_is_help=True, help="The local real parts: the Ka
 data_app = typer.Typer(no_args_is_help=True, help="Datasets in the MovieLens layouts.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(data_app, name="data")
+# Sub-commands of the parts (each part keeps its commands in its own cli.py): one line each.
+# --- part commands ---
+# --- end part commands ---
 console = Console()
 
 DataOption = typer.Option(None, "--data", help="Dataset directory (MovieLens CSV or .dat layout); default: the bundled data.")
