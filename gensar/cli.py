@@ -66,6 +66,17 @@ def infra_up() -> None:
     console.print(f"topics created: {', '.join(created) if created else 'none (all present)'}")
 
 
+@infra_app.command("topics")
+def infra_topics() -> None:
+    """Create the missing topics on the configured cluster (GENSAR_KAFKA__BOOTSTRAP_SERVERS),
+    e.g. an external one; existing topics are checked, not changed."""
+    from infra.broker import ensure_topics
+
+    settings = Settings()
+    created = ensure_topics(settings.kafka.bootstrap_servers, settings.kafka)
+    console.print(f"topics created on {settings.kafka.bootstrap_servers}: {', '.join(created) if created else 'none (all present)'}")
+
+
 @infra_app.command("down")
 def infra_down() -> None:
     """Stop the local broker cleanly."""
