@@ -276,28 +276,29 @@ def leave_one_out(ds: Dataset) -> Split:
     validation (users need 3+ events of a task to be held out on it).
 
     Both tasks are split together: any event of the user, of either task, on a held-out
-    target item at or after the held-out event is removed from training, so neither
-    task's training data reveals the other's test target (with tags-only data a rating
-    and a search are often the same tagging act)."""
+    target item in or after the second of the held-out event is removed from training, so
+    neither task's training data reveals the other's test target (with tags-only data a
+    rating and a search are often the same tagging act, and one act often leaves several
+    tags in the same second)."""
     by_user: dict[str, dict[str, list[UserEvent]]] = defaultdict(lambda: {"interaction": [], "search": []})
     for event in ds.user_events():
         by_user[event.user_id][event.type].append(event)
     train, valid, test, dropped = [], [], [], 0
     for tasks in by_user.values():
         held: set[str] = set()  # event ids
-        barriers: list[tuple[str, tuple]] = []  # (item, order key of the held-out event)
+        barriers: list[tuple[str, float]] = []  # (item, time of the held-out event)
         for events in tasks.values():
             if len(events) >= 3:
                 test.append(events[-1])
                 valid.append(events[-2])
                 for e in events[-2:]:
                     held.add(e.event_id)
-                    barriers.append((target_item(e), event_order(e)))
+                    barriers.append((target_item(e), e.timestamp))
         for events in tasks.values():
             for e in events:
                 if e.event_id in held:
                     continue
-                if any(target_item(e) == item and event_order(e) >= order for item, order in barriers):
+                if any(target_item(e) == item and e.timestamp >= since for item, since in barriers):
                     dropped += 1
                 else:
                     train.append(e)
