@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo test lock clean
 
 install: $(STAMP)
 
@@ -25,9 +25,6 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
-
-bench: install
-	$(BIN)/python -m bench.replay_throughput
 
 # Re-resolve the pinned environment after editing pyproject.toml.
 lock:

@@ -1,0 +1,1 @@
+"""Benchmarks: competing ways side by side in one run; results in bench/results/."""
