@@ -1,0 +1,44 @@
+"""Deployment settings of the identifiers part (paths, device, Qdrant). Method
+hyper-parameters live in identifiers.build.BuildConfig and travel with the artifact.
+
+Environment: GENSAR_IDS__<FIELD> and GENSAR_QDRANT__<FIELD>; unknown keys are an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gensar.settings import Settings
+
+
+class QdrantSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_QDRANT__", extra="forbid")
+
+    url: str | None = None  # a Qdrant server, e.g. http://qdrant:6333; None: embedded local mode at `path`
+    path: Path | None = None  # embedded mode's persistent folder; default <state_dir>/qdrant
+    api_key: str | None = None
+    collection: str = "gensar-items"
+    timeout_s: float = Field(30.0, gt=0)
+
+    def local_path(self) -> Path:
+        return self.path or Settings().state_dir / "qdrant"
+
+
+class IdentifierSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_IDS__", extra="forbid")
+
+    device: str = "cpu"  # torch device for the RQ-VAE and item2vec ("cuda" where there is a GPU)
+    embedding_cache: Path | None = None  # default <cache_dir>/embeddings
+    encode_batch_size: int = Field(64, ge=1)  # MiniLM texts per forward pass
+    # Cosine distance between an item's collaborative vector now and when it was coded,
+    # past which it is re-coded in a new map version.
+    drift_threshold: float = Field(0.3, gt=0, le=2)
+
+    def cache_path(self) -> Path:
+        return self.embedding_cache or Settings().cache_dir / "embeddings"
+
+    @staticmethod
+    def maps_dir(state_dir: Path) -> Path:
+        return Path(state_dir) / "identifiers" / "maps"
