@@ -25,10 +25,11 @@ import torch
 
 class PrefixConstraint:
     def __init__(self, codes: np.ndarray, codebook_size: int, groups: np.ndarray | None = None,
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None, n_groups: int | None = None):
         """codes: (M, L) int, every code in [0, codebook_size); groups: (M,) group of each
         row (default: one group); rows: (M,) the item row each code row stands for
-        (default: 0..M-1). Identifiers must be unique within a group."""
+        (default: 0..M-1); n_groups: at least max(groups) + 1 (a group may be empty).
+        Identifiers must be unique within a group."""
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[1] == 0:
             raise ValueError(f"codes must be (items, levels), got shape {codes.shape}")
@@ -38,7 +39,7 @@ class PrefixConstraint:
         groups = np.zeros(m, np.int64) if groups is None else np.asarray(groups, np.int64)
         rows = np.arange(m, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self.codebook_size, self.depth = codebook_size, depth
-        self.n_groups = int(groups.max()) + 1 if m else 1
+        self.n_groups = max(n_groups or 1, int(groups.max()) + 1 if m else 1)
 
         order = np.lexsort(tuple(codes[:, l] for l in reversed(range(depth))) + (groups,))
         codes, groups, rows = codes[order], groups[order], rows[order]
