@@ -114,7 +114,9 @@ GENSAR_KAFKA__BOOTSTRAP_SERVERS: {{ required "kafka.bootstrapServers is required
 GENSAR_KAFKA__TOPIC_PREFIX: {{ .Values.kafka.topicPrefix | quote }}
 GENSAR_KAFKA__PARTITIONS: {{ .Values.kafka.partitions | quote }}
 GENSAR_KAFKA__REPLICATION_FACTOR: {{ .Values.kafka.replicationFactor | quote }}
+{{- if ne .Values.kafka.securityProtocol "PLAINTEXT" }}
 GENSAR_KAFKA__SECURITY_PROTOCOL: {{ .Values.kafka.securityProtocol | quote }}
+{{- end }}
 {{- with .Values.kafka.sasl.mechanism }}
 GENSAR_KAFKA__SASL_MECHANISM: {{ . | quote }}
 {{- end }}
@@ -123,7 +125,10 @@ GENSAR_KAFKA__SSL_CAFILE: "/etc/gensar/kafka-ca/{{ .Values.kafka.tls.caKey }}"
 {{- end }}
 GENSAR_QDRANT__URL: {{ include "gensar.qdrantUrl" . | quote }}
 GENSAR_REGISTRY__URI: {{ include "gensar.registryUri" . | quote }}
+# Listen on the pod address (the defaults bind loopback), for probes, peers and Prometheus.
+GENSAR_STREAMS__WEB_HOST: "0.0.0.0"
 GENSAR_STREAMS__WEB_PORT: {{ .Values.streams.webPort | quote }}
+GENSAR_STREAMS__METRICS_HOST: "0.0.0.0"
 GENSAR_STREAMS__METRICS_PORT: {{ .Values.streams.metricsPort | quote }}
 GENSAR_LEARNER__METRICS_PORT: {{ .Values.learner.metricsPort | quote }}
 {{- if eq .Values.artifacts.type "s3" }}
