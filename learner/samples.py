@@ -1,0 +1,114 @@
+"""Training samples from the stream: an at-least-once consumer and the buffer it fills.
+
+The buffer keeps the RECENT window (what the next refresh learns from) and a reservoir of
+OLDER samples replayed beside it against forgetting. Redelivered samples are dropped by
+source event id. Offsets are committed only after the buffer is saved, so a learner that
+dies re-reads from its last commit, loads its last save, and the duplicates fall away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import OrderedDict, deque
+from pathlib import Path
+
+from kafka import KafkaConsumer
+
+from gensar.events import InvalidEvent, TrainingSample, decode
+from gensar.settings import KafkaSettings
+from gensar.topics import TRAINING_SAMPLES
+
+
+class SampleBuffer:
+    def __init__(self, window: int = 2048, replay: int = 8192, remember_ids: int = 1_000_000, seed: int = 0):
+        self.window, self.replay, self.remember_ids = window, replay, remember_ids
+        self.recent: deque[TrainingSample] = deque()
+        self.reservoir: list[TrainingSample] = []
+        self.seen_total = 0  # samples that ever left the recent window (reservoir sampling)
+        self._ids: OrderedDict[str, None] = OrderedDict()  # the most recent source event ids
+        self._rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.recent)
+
+    def add(self, sample: TrainingSample) -> bool:
+        """Add a sample unless its source event was seen already; returns whether added."""
+        key = f"{sample.task}:{sample.source_event_id}"
+        if key in self._ids:
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self.remember_ids:
+            self._ids.popitem(last=False)
+        self.recent.append(sample)
+        return True
+
+    def drain(self) -> tuple[list[TrainingSample], list[TrainingSample]]:
+        """The recent samples (oldest first) and a replay draw of older ones, as many as
+        `replay` allows but no more than the recent ones; the recent ones then age into
+        the reservoir."""
+        recent = list(self.recent)
+        replayed = self._rng.sample(self.reservoir, min(len(self.reservoir), len(recent)))
+        self.recent.clear()
+        for sample in recent:
+            self.seen_total += 1
+            if len(self.reservoir) < self.replay:
+                self.reservoir.append(sample)
+            elif (j := self._rng.randrange(self.seen_total)) < self.replay:
+                self.reservoir[j] = sample
+        return recent, replayed
+
+    # --- persistence -------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        state = {"recent": [s.model_dump(mode="json") for s in self.recent],
+                 "reservoir": [s.model_dump(mode="json") for s in self.reservoir],
+                 "seen_total": self.seen_total, "ids": list(self._ids), "rng": self._rng.getstate()[1]}
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        if not path.exists():
+            return
+        state = json.loads(path.read_text())
+        self.recent = deque(TrainingSample(**s) for s in state["recent"])
+        self.reservoir = [TrainingSample(**s) for s in state["reservoir"]]
+        self.seen_total = state["seen_total"]
+        self._ids = OrderedDict.fromkeys(state["ids"])
+        self._rng.setstate((3, tuple(state["rng"]), None))
+
+
+class SampleConsumer:
+    """Reads the training-samples topic in a consumer group with manual commits."""
+
+    def __init__(self, kafka: KafkaSettings, group: str = "gensar-learner"):
+        self.consumer = KafkaConsumer(
+            TRAINING_SAMPLES.full_name(kafka), bootstrap_servers=kafka.bootstrap_servers, group_id=group,
+            client_id=f"{group}-samples", enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=2000)
+        self.invalid = 0  # samples the stream workers should never have emitted
+
+    def poll(self, buffer: SampleBuffer, timeout_ms: int = 1000) -> int:
+        """Move what has arrived into `buffer`; returns how many were new."""
+        added = 0
+        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
+            for record in records:
+                try:
+                    sample = decode(record.value, TrainingSample)
+                except InvalidEvent:
+                    self.invalid += 1
+                    continue
+                added += buffer.add(sample)
+        return added
+
+    def commit(self) -> None:
+        """Call only after the buffer holding everything polled so far has been saved."""
+        self.consumer.commit()
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
