@@ -53,7 +53,7 @@ class ReplayReport:
 
 def make_producer(kafka: KafkaSettings, **overrides) -> KafkaProducer:
     config = dict(
-        bootstrap_servers=kafka.bootstrap_servers,
+        **kafka.client_options(),
         client_id="gensar-replay",
         acks="all",
         enable_idempotence=True,

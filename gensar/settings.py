@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +29,30 @@ class KafkaSettings(BaseModel):
     # source topics, so all user-keyed topics must agree.
     partitions: int = Field(4, ge=1, le=256)
     replication_factor: int = Field(1, ge=1)
+    # TLS / SASL for an external cluster; the password comes from a Secret, never a file in git.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> "KafkaSettings":
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username
+                                                              and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                             "sasl_username and sasl_password")
+        return self
+
+    def client_options(self) -> dict:
+        """Connection options for a kafka-python client (producer, consumer, admin)."""
+        options: dict = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": self.security_protocol}
+        if self.ssl_cafile:
+            options["ssl_cafile"] = str(self.ssl_cafile)
+        if self.security_protocol.startswith("SASL"):
+            options |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
+                        "sasl_plain_password": self.sasl_password.get_secret_value()}
+        return options
 
 
 class BrokerSettings(BaseModel):

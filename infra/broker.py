@@ -198,7 +198,7 @@ class KafkaBroker:
 def ensure_topics(bootstrap: str, kafka: KafkaSettings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:
     """Create the missing topics with their declared settings; return the names created.
     An existing topic with another partition count is an error, not silently accepted."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="gensar-infra")
+    admin = KafkaAdminClient(**{**kafka.client_options(), "bootstrap_servers": bootstrap}, client_id="gensar-infra")
     try:
         existing = set(admin.list_topics())
         created = []

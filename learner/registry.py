@@ -236,7 +236,7 @@ def read_announcements(kafka, timeout_ms: int = 3000) -> Iterable[ModelVersion]:
 
     from gensar.topics import MODEL_VERSIONS
 
-    consumer = KafkaConsumer(MODEL_VERSIONS.full_name(kafka), bootstrap_servers=kafka.bootstrap_servers,
+    consumer = KafkaConsumer(MODEL_VERSIONS.full_name(kafka), **kafka.client_options(),
                              auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=timeout_ms)
     try:

@@ -88,7 +88,7 @@ class SampleConsumer:
 
     def __init__(self, kafka: KafkaSettings, group: str = "gensar-learner"):
         self.consumer = KafkaConsumer(
-            TRAINING_SAMPLES.full_name(kafka), bootstrap_servers=kafka.bootstrap_servers, group_id=group,
+            TRAINING_SAMPLES.full_name(kafka), **kafka.client_options(), group_id=group,
             client_id=f"{group}-samples", enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=2000)
         self.invalid = 0  # samples the stream workers should never have emitted

@@ -44,3 +44,18 @@ def test_interaction_kind_is_an_enum():
         decode(json.dumps(raw).encode(), InteractionEvent, now=NOW)
     raw["kind"] = "click"
     assert decode(json.dumps(raw).encode(), InteractionEvent, now=NOW).kind == "click"
+
+
+def test_kafka_security_settings_map_to_client_options():
+    from pydantic import ValidationError
+
+    from gensar.settings import KafkaSettings
+
+    assert KafkaSettings().client_options() == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
+    sasl = KafkaSettings(bootstrap_servers="k:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                         sasl_username="gensar", sasl_password="s3cret", ssl_cafile="/etc/ca.pem")
+    options = sasl.client_options()
+    assert options["sasl_plain_password"] == "s3cret" and options["ssl_cafile"] == "/etc/ca.pem"
+    assert "s3cret" not in repr(sasl), "the password never shows in logs"
+    with pytest.raises(ValidationError, match="needs sasl_mechanism"):
+        KafkaSettings(security_protocol="SASL_PLAINTEXT")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
-import pydantic
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
@@ -422,11 +421,7 @@ def _container_environment(container: dict, config: dict[str, str]) -> dict[str,
 
 
 @pytest.mark.parametrize("name", [
-    "default", "gpu",
-    # Kafka TLS/SASL settings (security_protocol, sasl_*, ssl_cafile) are not in KafkaSettings yet;
-    # strict: once they are, this passes and the marker must go.
-    pytest.param("production", marks=pytest.mark.xfail(strict=True, raises=pydantic.ValidationError,
-                                                        reason="KafkaSettings has no TLS/SASL fields yet")),
+    "default", "gpu", "production",
 ])
 def test_rendered_environment_is_accepted_by_every_settings_class(renders, monkeypatch, name):
     """Settings refuse unknown keys, so a variable the chart sets that a part does not know would
