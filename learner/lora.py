@@ -1,0 +1,75 @@
+"""LoRA refreshes of the GenSAR model (PEFT), runnable with or without Ray.
+
+A refresh wraps a COPY of the serving base model with low-rank adapters on the attention
+projections, trains only those on recent samples plus replayed older ones (the model's own
+training loop, `model.train.train`), and saves the adapter as PEFT does:
+adapter_config.json + adapter_model.safetensors. The identifier vocabulary is fixed by the
+codebooks, so new items need no new tokens and embeddings stay frozen.
+
+For serving, an adapter is merged into its own copy of the base (`merged`): every version
+is an independent module, so a request that started on one version finishes on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedModel
+
+from model.tasks import TASKS, Sample, TaskMix
+from model.train import TrainReport, TrainSettings, train
+
+# Attention projections by architecture: T5 names them q/k/v/o, BERT query/key/value.
+TARGETS = {"t5": ["q", "k", "v", "o"], "encoder-decoder": ["query", "key", "value"]}
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: the attention projections of the architecture
+
+
+class NonFiniteLoss(RuntimeError):
+    """A refresh whose loss became NaN or infinite: its adapter must never serve."""
+
+
+def attach(base: PreTrainedModel, settings: LoraSettings) -> PeftModel:
+    """A trainable LoRA-wrapped copy of `base`; `base` itself is left untouched."""
+    targets = settings.target_modules or TARGETS.get(base.config.model_type)
+    if targets is None:
+        raise ValueError(f"no default LoRA targets for model type {base.config.model_type!r}; set target_modules")
+    config = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=settings.r, lora_alpha=settings.alpha,
+                        lora_dropout=settings.dropout, target_modules=targets)
+    return get_peft_model(copy.deepcopy(base), config)
+
+
+def tune(base: PreTrainedModel, samples: list[Sample], pad_id: int, train_settings: TrainSettings,
+         lora: LoraSettings = LoraSettings(), progress: bool = False) -> tuple[PeftModel, TrainReport]:
+    """One refresh: LoRA-train a copy of `base` on `samples` (one pool, every task mixed)."""
+    if not samples:
+        raise ValueError("a refresh needs samples")
+    model = attach(base, lora)
+    pools = {task: [s for s in samples if s.task == task] for task in TASKS}
+    every_sample_once = TaskMix(**{task: 1.0 for task in TASKS})
+    report = train(model, pools, every_sample_once, train_settings, pad_id, progress=progress)
+    if not all(math.isfinite(loss) for loss in report.losses):
+        raise NonFiniteLoss(f"loss became non-finite during the refresh: {report.losses}")
+    return model, report
+
+
+def save_adapter(model: PeftModel, directory: Path) -> Path:
+    model.save_pretrained(str(directory), safe_serialization=True)
+    return Path(directory)
+
+
+def merged(base: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
+    """`base` with the adapter folded in, as a new module (base is not modified)."""
+    model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir))
+    return model.merge_and_unload().eval()
