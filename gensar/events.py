@@ -68,6 +68,17 @@ class ItemUpsert(Event):
         return self.item_id.encode()
 
 
+class HistoryEntry(BaseModel):
+    """One earlier event of the user, as the model reads a history: an interaction is its
+    item; a search is its query and the item clicked for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    item_id: Id
+    query: str | None = None
+    timestamp: Timestamp
+
+
 class TrainingSample(Event):
     """One supervised example, with the user's history as it was BEFORE the source event."""
 
@@ -76,6 +87,7 @@ class TrainingSample(Event):
     user_id: Id
     history: list[Id]  # earlier interacted items, oldest first
     search_history: list[str] = []  # earlier queries, oldest first
+    events: list[HistoryEntry] = []  # both merged in event order, oldest first (what the model renders)
     query: str | None = None  # search samples only
     target_item: Id
     source_event_id: Id
