@@ -26,7 +26,7 @@ from gensar.events import InteractionEvent, SearchEvent
 from evaluation.protocols import Case
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant
-DENSE_DEPTH = 1000  # dense hits fetched per query over the full catalogue; the rest tie below
+DENSE_DEPTH = 200  # dense hits fetched per query over the full catalogue; the rest tie below
 
 
 def gather(full: np.ndarray, candidates: np.ndarray | None) -> np.ndarray:
@@ -87,8 +87,15 @@ class DenseSearch:
         self.client.create_collection(collection, vectors_config=models.VectorParams(
             size=vectors.shape[1], distance=models.Distance.COSINE))
         self.client.upload_collection(collection, vectors=vectors, ids=range(self.n_items), wait=True)
+        self._memo: dict[tuple, np.ndarray] = {}  # fusion asks again for the same cases
 
     def score(self, cases: Sequence[Case], candidates: np.ndarray | None = None) -> np.ndarray:
+        key = (tuple(c.case_id for c in cases), None if candidates is None else candidates.tobytes())
+        if key not in self._memo:
+            self._memo[key] = self._search(cases, candidates)
+        return self._memo[key]
+
+    def _search(self, cases: Sequence[Case], candidates: np.ndarray | None) -> np.ndarray:
         m = self.models
         queries = self.encoder.encode([c.query for c in cases])
         width = self.n_items if candidates is None else candidates.shape[1]

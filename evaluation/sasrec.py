@@ -23,7 +23,7 @@ class SASRecNet(nn.Module):
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)  # row 0: padding; item row r is r + 1
         self.positions = nn.Embedding(max_len, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, dim, dropout, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, blocks)
+        self.blocks = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         self.max_len = max_len

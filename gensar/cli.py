@@ -21,6 +21,8 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(data_app, name="data")
 # Sub-commands of the parts (each part keeps its commands in its own cli.py): one line each.
 # --- part commands ---
+from model.cli import app as model_app; app.add_typer(model_app, name="model")  # noqa: E402,E702
+from evaluation.cli import app as bench_app; app.add_typer(bench_app, name="bench")  # noqa: E402,E702
 # --- end part commands ---
 console = Console()
 

@@ -1,0 +1,67 @@
+"""`gensar model ...`: train a GenSAR model. Other parts add their commands to this group
+(`from model.cli import app` then `@app.command(...)`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, help="The GenSAR seq2seq model: training and artifacts.")
+console = Console()
+
+
+@app.command("train")
+def train_command(
+    out: Path = typer.Option(..., "--out", help="Artifact directory to write (must not exist)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory; default: the bundled data."),
+    idmap: Optional[Path] = typer.Option(None, "--idmap", help="An identifier-map version directory; default: build one from the training split."),
+    split: str = typer.Option("leave-one-out", help="Training events: 'leave-one-out' or 'temporal' (train part)."),
+    minutes: Optional[float] = typer.Option(None, help="Training time budget."),
+    epochs: float = typer.Option(3.0, help="Epochs over the task mixture (the budget may stop earlier)."),
+    backbone: str = typer.Option("t5", help="t5 | minilm-encoder | pretrained"),
+    pretrained_path: Optional[Path] = typer.Option(None, help="Local HF seq2seq checkpoint for --backbone pretrained."),
+    device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train on a dataset's training split and save the model with its identifier-map version.
+    An interrupted run resumes from `<out>.ckpt`."""
+    from gensar import data as datasets
+    from gensar.settings import Settings
+    from identifiers.idmap import IdentifierMap
+    from identifiers.semantic import item_texts
+    from model.artifact import GenSARModel
+    from model.modeling import ModelSettings, backbone_tokenizer, build_model, parameter_count
+    from model.tasks import RenderSettings, Renderer, TaskMix, build_pools
+    from model.train import TrainSettings, train
+    from model.vocab import IdLayout, Vocabulary
+
+    settings = Settings()
+    ds = datasets.load(data or settings.data_dir)
+    chosen = datasets.leave_one_out(ds) if split == "leave-one-out" else datasets.temporal_split(ds)
+    if idmap is not None:
+        ids = IdentifierMap.load(idmap)
+    else:
+        from evaluation.quality import build_idmap
+
+        ids = build_idmap(ds, chosen.train, "joint", settings.state_dir / "models" / f"{out.name}-ids", seed)
+    model_settings = ModelSettings(backbone=backbone, pretrained_path=pretrained_path)
+    texts = item_texts(ds, chosen.train)
+    tokenizer = backbone_tokenizer(model_settings)
+    corpus = [*texts.values(), *(e.query for e in chosen.train if e.type == "search")]
+    vocab = (Vocabulary.for_corpus(IdLayout.of(ids), corpus, tokenizer) if backbone == "t5"
+             else Vocabulary(IdLayout.of(ids), tokenizer))
+    render = RenderSettings()
+    pools = build_pools(Renderer(vocab, ids, ds, texts, render), chosen.train)
+    model = build_model(model_settings, vocab, seed=seed)
+    console.print(f"{parameter_count(model):,} parameters; samples per task: { {t: len(p) for t, p in pools.items()} }")
+    report = train(model, pools, TaskMix(), TrainSettings(epochs=epochs, max_minutes=minutes, device=device, seed=seed,
+                                                          checkpoint_every=200),
+                   vocab.pad_id, checkpoint_dir=out.with_name(out.name + ".ckpt"))
+    gm = GenSARModel(model, vocab, model_settings, render, ids.version, ids.fingerprint(), report.steps,
+                     {"train": report.to_json()})
+    gm.save(out)
+    console.print(f"saved {out} (identifier map {ids.version}); {report.samples:,} samples in {report.seconds:.0f}s "
+                  f"on {report.device} ({report.samples_per_second:.0f}/s), loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f}")
