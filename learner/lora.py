@@ -1,7 +1,8 @@
 """LoRA refreshes of the GenSAR model (PEFT), runnable with or without Ray.
 
-A refresh wraps a COPY of the serving base model with low-rank adapters on the attention
-projections, trains only those on recent samples plus replayed older ones (the model's own
+A refresh wraps a COPY of the base model with low-rank adapters on the attention
+projections (or continues the serving version's adapter, so every version stays one
+adapter over the same base), trains only those on recent samples plus replayed older ones (the model's own
 training loop, `model.train.train`), and saves the adapter as PEFT does:
 adapter_config.json + adapter_model.safetensors. The identifier vocabulary is fixed by the
 codebooks, so new items need no new tokens and embeddings stay frozen.
@@ -40,8 +41,11 @@ class NonFiniteLoss(RuntimeError):
     """A refresh whose loss became NaN or infinite: its adapter must never serve."""
 
 
-def attach(base: PreTrainedModel, settings: LoraSettings) -> PeftModel:
-    """A trainable LoRA-wrapped copy of `base`; `base` itself is left untouched."""
+def attach(base: PreTrainedModel, settings: LoraSettings, init_adapter: Path | None = None) -> PeftModel:
+    """A trainable LoRA-wrapped copy of `base`; `base` itself is left untouched. With
+    `init_adapter`, training continues from that adapter (still relative to `base`)."""
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(copy.deepcopy(base), str(init_adapter), is_trainable=True)
     targets = settings.target_modules or TARGETS.get(base.config.model_type)
     if targets is None:
         raise ValueError(f"no default LoRA targets for model type {base.config.model_type!r}; set target_modules")
@@ -51,11 +55,13 @@ def attach(base: PreTrainedModel, settings: LoraSettings) -> PeftModel:
 
 
 def tune(base: PreTrainedModel, samples: list[Sample], pad_id: int, train_settings: TrainSettings,
-         lora: LoraSettings = LoraSettings(), progress: bool = False) -> tuple[PeftModel, TrainReport]:
-    """One refresh: LoRA-train a copy of `base` on `samples` (one pool, every task mixed)."""
+         lora: LoraSettings = LoraSettings(), init_adapter: Path | None = None,
+         progress: bool = False) -> tuple[PeftModel, TrainReport]:
+    """One refresh: LoRA-train a copy of `base` on `samples` (every sample once per epoch),
+    starting from `init_adapter` (the serving version's) when given."""
     if not samples:
         raise ValueError("a refresh needs samples")
-    model = attach(base, lora)
+    model = attach(base, lora, init_adapter)
     pools = {task: [s for s in samples if s.task == task] for task in TASKS}
     every_sample_once = TaskMix(**{task: 1.0 for task in TASKS})
     report = train(model, pools, every_sample_once, train_settings, pad_id, progress=progress)

@@ -52,6 +52,8 @@ class Manifest(BaseModel):
     window: TrainingWindow
     metrics: dict[str, dict[str, float]] = {}  # task -> metric -> value, from the gate
     libraries: dict[str, str] = {}  # e.g. peft, transformers, torch versions
+    refresh_seconds: float | None = None
+    train_loss: list[float] = []  # mean loss per logging window of the refresh
     created_at: float = Field(default_factory=time.time)
 
 

@@ -1,0 +1,158 @@
+"""One refresh, end to end and without Ray: samples -> LoRA candidate -> gate -> registry.
+
+    recent window ──┬─ oldest (1 - holdout) ─┐
+                    │                        ├─▶ tune (LoRA) ─▶ candidate
+    replay draw ────┼────────────────────────┘
+                    └─ newest holdout ─▶ evaluate candidate AND serving version ─▶ gate
+
+The held-out slice is the newest recent samples, so the gate asks what matters online:
+is the candidate at least as good as what serves now on what users are doing now?
+A candidate whose loss went non-finite, or that falls below the serving version by more
+than the margin on either task, is published as rejected with the reason, never promoted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import peft
+import torch
+import transformers
+
+from evaluation.generative import GenerativeSystem
+from evaluation.metrics import expected_metrics, rank_counts
+from evaluation.protocols import Case
+from gensar.data import UserEvent
+from gensar.events import InteractionEvent, ModelVersion, SearchEvent, TrainingSample
+from learner.lora import NonFiniteLoss, merged, save_adapter, tune
+from learner.registry import Manifest, Registry, TrainingWindow
+from learner.settings import LearnerSettings
+from model.artifact import GenSARModel
+from model.tasks import Renderer, Sample
+from model.train import TrainSettings
+
+GATE_METRICS = ("HR@10", "NDCG@10")
+
+
+# --- from stream samples to what the model and the harness read ------------------------------
+
+
+def history_events(sample: TrainingSample) -> tuple[UserEvent, ...]:
+    """The sample's merged history as events, oldest first."""
+    out: list[UserEvent] = []
+    for i, entry in enumerate(sample.events):
+        common = dict(event_id=f"{sample.event_id}/h{i}", timestamp=entry.timestamp, user_id=sample.user_id)
+        if entry.query is None:
+            out.append(InteractionEvent(item_id=entry.item_id, kind="click", **common))
+        else:
+            out.append(SearchEvent(query=entry.query, clicked_items=[entry.item_id], **common))
+    return tuple(out)
+
+
+def as_case(sample: TrainingSample) -> Case:
+    return Case(sample.event_id, sample.task, "recent", sample.user_id, sample.target_item, sample.query,
+                history_events(sample))
+
+
+def as_training(renderer: Renderer, sample: TrainingSample) -> Sample | None:
+    """The model's training sample, or None when the target has no identifier yet."""
+    target = renderer.target_id(sample.task, sample.target_item)
+    if target is None:
+        return None
+    return Sample(sample.task, renderer.source(sample.task, history_events(sample), sample.query), target)
+
+
+# --- the gate ----------------------------------------------------------------------------------
+
+
+def evaluate(gm: GenSARModel, renderer: Renderer, samples: list[TrainingSample], beam_size: int) -> dict[str, dict]:
+    """HR@10 / NDCG@10 per task over the full catalogue, with n, on held-out samples."""
+    item_index = {item: row for row, item in enumerate(renderer.idmap.item_ids)}
+    out = {}
+    for task in ("search", "rec"):
+        cases = [as_case(s) for s in samples if s.task == task and s.target_item in item_index]
+        if not cases:
+            continue
+        system = GenerativeSystem(f"gate-{task}", task, gm, renderer, item_index, beam_size=beam_size)
+        scores = system.score(cases)
+        better, tied = rank_counts(scores, np.array([item_index[c.target] for c in cases]))
+        per_case = expected_metrics(better, tied)
+        out[task] = {"n": len(cases), **{m: float(per_case[m].mean()) for m in GATE_METRICS}}
+    return out
+
+
+def gate(candidate: dict[str, dict], serving: dict[str, dict], margin: float) -> tuple[bool, str]:
+    """Promote unless a gate metric of a task falls more than `margin` below serving."""
+    falls = [f"{task} {m} {candidate[task][m]:.4f} < serving {serving[task][m]:.4f} - {margin}"
+             for task in serving for m in GATE_METRICS
+             if task in candidate and candidate[task][m] < serving[task][m] - margin]
+    if not candidate:
+        return False, "no held-out sample could be scored"
+    if falls:
+        return False, "regressed: " + "; ".join(falls)
+    summary = ", ".join(f"{t} HR@10 {candidate[t]['HR@10']:.3f} (serving {serving.get(t, {}).get('HR@10', float('nan')):.3f})"
+                        for t in candidate)
+    return True, f"not worse than serving by more than {margin}: {summary}"
+
+
+# --- one refresh -------------------------------------------------------------------------------
+
+
+class Refresher:
+    """Holds the base model and renders, tunes, gates and publishes refreshes."""
+
+    def __init__(self, base: GenSARModel, base_name: str, renderer: Renderer, registry: Registry,
+                 settings: LearnerSettings, task: str = "joint"):
+        self.base, self.base_name, self.renderer = base, base_name, renderer
+        self.registry, self.settings, self.task = registry, settings, task
+
+    def run(self, recent: list[TrainingSample], replayed: list[TrainingSample], version: str) -> ModelVersion:
+        settings = self.settings
+        cut = max(1, int(len(recent) * (1 - settings.holdout_fraction)))
+        train_part, holdout = recent[:cut], recent[cut:]
+        samples = [s for s in (as_training(self.renderer, x) for x in [*train_part, *replayed]) if s is not None]
+        times = [s.timestamp for s in train_part]
+        window = TrainingWindow(samples=len(samples), first_event_time=min(times, default=None),
+                                last_event_time=max(times, default=None), replayed=len(replayed))
+        train_settings = TrainSettings(epochs=settings.training.epochs, batch_size=settings.training.batch_size,
+                                       learning_rate=settings.training.learning_rate,
+                                       warmup_steps=settings.training.warmup_steps, device=settings.device,
+                                       seed=settings.seed, log_every=10)
+        parent = self.registry.serving(self.task)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            parent_dir = self.registry.fetch(parent, Path(tmp) / "parent")[1] if parent else None
+            serving = self.base if parent_dir is None else self._with(merged(self.base.model, parent_dir))
+            adapter_dir, scores, report, rejected_for = Path(tmp) / "adapter", {}, None, None
+            try:
+                adapted, report = tune(self.base.model, samples, self.base.vocab.pad_id, train_settings,
+                                       settings.lora, init_adapter=parent_dir)
+                save_adapter(adapted, adapter_dir)
+                candidate = self._with(adapted.merge_and_unload().eval())
+                scores = {who: evaluate(gm, self.renderer, holdout, settings.gate_beam_size)
+                          for who, gm in (("candidate", candidate), ("serving", serving))}
+            except NonFiniteLoss as exc:
+                rejected_for = f"non-finite loss: {exc}"
+                adapter_dir.mkdir()
+                (adapter_dir / "REJECTED").write_text(rejected_for)
+            manifest = Manifest(
+                version=version, parent=parent, task=self.task, base_model=self.base_name,
+                idmap_version=self.renderer.idmap.version, window=window,
+                metrics={f"{who}:{task}": values for who, per_task in scores.items() for task, values in per_task.items()},
+                libraries={"peft": peft.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+                refresh_seconds=time.perf_counter() - started, train_loss=report.losses if report else [])
+            self.registry.publish(adapter_dir, manifest)
+        if rejected_for is None:
+            promote, reason = gate(scores["candidate"], scores["serving"], settings.gate_margin)
+            if not promote:
+                rejected_for = reason
+        if rejected_for is not None:
+            return self.registry.reject(version, rejected_for)
+        return self.registry.promote(version, reason)
+
+    def _with(self, model) -> GenSARModel:
+        return dataclasses.replace(self.base, model=model)

@@ -1,0 +1,57 @@
+"""Settings of the learner and of the model registry (env: GENSAR_LEARNER__*, GENSAR_REGISTRY__*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.lora import LoraSettings
+
+
+class RefreshTraining(BaseModel):
+    """How one LoRA refresh trains: a short pass over recent + replayed samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class LearnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_LEARNER__", env_nested_delimiter="__", extra="forbid")
+
+    # Schedule: refresh after this many new samples, or this long after the last refresh
+    # once at least `min_samples` arrived, whichever comes first.
+    refresh_every_samples: int = Field(2000, ge=1)
+    refresh_every_seconds: float = Field(300.0, gt=0)
+    min_samples: int = Field(200, ge=1)
+    window: int = Field(4096, ge=1)  # recent samples kept for the next refresh
+    replay: int = Field(8192, ge=0)  # reservoir of older samples replayed against forgetting
+    holdout_fraction: float = Field(0.15, gt=0, lt=1)  # newest share of a window held out for the gate
+    # Gate: a candidate is promoted unless HR@10 or NDCG@10 of either task falls more than
+    # this much (absolute) below the serving version on the same held-out recent events.
+    gate_margin: float = Field(0.02, ge=0)
+    gate_beam_size: int = Field(20, ge=1)
+    adapters: Literal["joint", "per-task"] = "joint"
+    lora: LoraSettings = LoraSettings()
+    training: RefreshTraining = RefreshTraining()
+    device: str = "auto"  # "auto": a GPU when the worker has one
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9109, ge=0, le=65535)  # 0: no metrics server
+    seed: int = 0
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_REGISTRY__", extra="forbid")
+
+    uri: str | None = None  # a directory path; None: <state_dir>/registry
+
+    def root(self, state_dir: Path) -> Path:
+        if self.uri and "://" in self.uri and not self.uri.startswith("file://"):
+            raise ValueError(f"registry uri {self.uri!r}: only local directories are supported by this build")
+        return Path(self.uri.removeprefix("file://")) if self.uri else state_dir / "registry"
