@@ -18,6 +18,7 @@ def quality(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory; default: the bundled data."),
     budget_minutes: float = typer.Option(25.0, "--budget-minutes", help="Wall-clock budget for the whole run."),
     seed: int = typer.Option(0),
+    threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy shared machine)."),
     beam_size: int = typer.Option(30, help="Beams of the constrained decoding (paper: 30)."),
     ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="Train and score the identifier ablations."),
     temporal: bool = typer.Option(True, "--temporal/--no-temporal", help="Also the temporal split (real queries after a cut-off)."),
@@ -28,7 +29,7 @@ def quality(
 
     settings = Settings()
     quality_settings = QualitySettings(budget_minutes=budget_minutes, seed=seed, beam_size=beam_size,
-                                       id_ablations=ablations, temporal=temporal)
+                                       id_ablations=ablations, temporal=temporal, torch_threads=threads)
     report = run_quality(data or settings.data_dir, quality_settings, settings.state_dir, settings.cache_dir,
                          log=lambda line: console.log(line))
     write_report(report, out)

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gensar.data import Dataset, UserEvent, event_order, target_item
-from gensar.events import InteractionEvent, SearchEvent
+from gensar.events import HistoryEntry, InteractionEvent, SearchEvent, TrainingSample
 
 TASKS = ("rec", "search", "synthetic_search", "item_to_id", "id_to_item", "next_query")
 
@@ -105,23 +105,25 @@ class Renderer:
     def row(self, item_id: str) -> int | None:
         return self.idmap.row(item_id) if item_id in self.idmap else None
 
-    def history(self, events: Sequence[UserEvent], budget: int) -> list[int]:
-        """The most recent events that fit `budget` tokens, oldest first."""
+    def history(self, events: Sequence[UserEvent | HistoryEntry], budget: int) -> list[int]:
+        """The most recent events that fit `budget` tokens, oldest first. Events are
+        dataset/stream events or the `HistoryEntry`s a TrainingSample carries."""
         chunks, used = [], 0
         for e in reversed(events[-self.settings.history_events:]):
-            row = self.row(target_item(e))
+            item, query = _item_and_query(e)
+            row = self.row(item)
             if row is None:
                 continue
             chunk = list(self.rec_tokens[row])
-            if isinstance(e, SearchEvent):
-                chunk = list(self.text(e.query)) + chunk
+            if query is not None:
+                chunk = list(self.text(query)) + chunk
             if used + len(chunk) > budget:
                 break
             chunks.append(chunk)
             used += len(chunk)
         return [t for chunk in reversed(chunks) for t in chunk]
 
-    def source(self, task: str, history: Sequence[UserEvent], query: str | None = None) -> tuple[int, ...]:
+    def source(self, task: str, history: Sequence[UserEvent | HistoryEntry], query: str | None = None) -> tuple[int, ...]:
         """The encoder input of a rec or search request (or a next-query sample)."""
         limit = self.settings.max_source_tokens
         if task == "rec":
@@ -143,6 +145,20 @@ class Renderer:
 
     def end(self, tokens: Sequence[int]) -> tuple[int, ...]:
         return tuple(tokens) + (self.vocab.eos_id,)
+
+    def training_sample(self, sample: TrainingSample) -> Sample | None:
+        """A stream TrainingSample (streams/) as a model sample; None when its target
+        item has no identifier in this map (a new item: the learner assigns one first)."""
+        target = self.target_id(sample.task, sample.target_item)
+        if target is None:
+            return None
+        return Sample(sample.task, self.source(sample.task, sample.events, sample.query), target)
+
+
+def _item_and_query(e: UserEvent | HistoryEntry) -> tuple[str, str | None]:
+    if isinstance(e, HistoryEntry):
+        return e.item_id, e.query
+    return target_item(e), e.query if isinstance(e, SearchEvent) else None
 
 
 # --- the sample pools --------------------------------------------------------------------------

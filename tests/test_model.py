@@ -151,3 +151,21 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     for p, q in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(p, q)
     assert parameter_count(model) > 0
+
+
+def test_stream_training_samples_render_like_dataset_histories(world):
+    from gensar.events import HistoryEntry, TrainingSample
+
+    ds, idmap, vocab, renderer, *_ = world
+    events = [e for e in ds.user_events() if e.user_id == "3"]
+    history, target = events[:-1], events[-1]
+    entries = [HistoryEntry(item_id=e.item_id if e.type == "interaction" else e.clicked_items[0],
+                            query=getattr(e, "query", None), timestamp=e.timestamp) for e in history]
+    sample = TrainingSample(event_id="s1", timestamp=target.timestamp, task="rec", user_id="3",
+                            history=[h.item_id for h in entries], events=entries, target_item=target.item_id,
+                            source_event_id=target.event_id)
+    rendered = renderer.training_sample(sample)
+    assert rendered.source == renderer.source("rec", history)
+    assert rendered.target == renderer.target_id("rec", target.item_id)
+    unknown = sample.model_copy(update={"target_item": "not-in-the-map"})
+    assert renderer.training_sample(unknown) is None
