@@ -1,0 +1,114 @@
+"""A served version: model, identifier map and constraint structure travel TOGETHER.
+
+A bundle is immutable once built. The base model is loaded once per replica; an adapter
+version is folded into its own copy of the base (`learner.lora.merged`), so every bundle
+is an independent module. Swapping what serves is then one reference assignment, and a
+batch that picked up a bundle finishes on it even if a newer one is installed meanwhile:
+no request can see one version's model with another version's map. The price is one
+base-sized copy per version in memory, which is small for a T5-small-sized model; PEFT's
+multi-adapter batching would share the base weights at the cost of that isolation.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers import PreTrainedModel
+
+from identifiers.constraints import PrefixConstraint
+from identifiers.idmap import IdentifierMap, MapStore
+from learner.lora import merged
+from learner.registry import LocalArtifactStore, Registry
+from model.artifact import GenSARModel
+from model.generate import Ranked, beam_search
+from model.tasks import Renderer
+from model.vocab import IdLayout
+from serving.catalogue import Catalogue
+from serving.settings import ServingSettings
+
+TASKS = ("search", "rec")
+
+
+class BundleError(ValueError):
+    """A version that must not serve (wrong base model, unknown map)."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    version: str  # the registry version, or "base:<name>" before any adapter is promoted
+    idmap: IdentifierMap
+    model: PreTrainedModel
+    renderer: Renderer
+    constraints: dict[str, PrefixConstraint]  # task -> trie; group 0 all items, group g: genre g
+    genre_group: dict[str, int]
+    load_seconds: float = 0.0  # fetch + merge + map + constraint + warm-up
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def idmap_version(self) -> str:
+        return self.idmap.version
+
+    def decode(self, task: str, sources: list[tuple[int, ...]], groups: np.ndarray, beams: int) -> Ranked:
+        beams = min(beams, len(self.idmap))
+        return beam_search(self.model, self.renderer.vocab, task, sources, self.constraints[task], groups,
+                           beam_size=beams, batch_size=max(len(sources), 1))
+
+
+def genre_constraints(idmap: IdentifierMap, catalogue: Catalogue, device: str) -> tuple[dict[str, PrefixConstraint], dict[str, int]]:
+    """One trie per task whose group 0 is every item of the map and group g the items of genre g,
+    so requests with different filters decode in one batch."""
+    genre_group = {g: i + 1 for i, g in enumerate(catalogue.all_genres())}
+    rows, groups = [np.arange(len(idmap))], [np.zeros(len(idmap), np.int64)]
+    members = [(row, genre_group[g]) for row, item in enumerate(idmap.item_ids)
+               for g in catalogue.genres.get(item, ()) if g in genre_group]
+    if members:
+        rows.append(np.array([m[0] for m in members]))
+        groups.append(np.array([m[1] for m in members]))
+    rows_all, groups_all = np.concatenate(rows), np.concatenate(groups)
+    constraints = {task: PrefixConstraint(codes[rows_all], idmap.codebook_size, groups=groups_all, rows=rows_all,
+                                          n_groups=len(genre_group) + 1).to(device)
+                   for task, codes in (("search", idmap.search_codes), ("rec", idmap.rec_codes))}
+    return constraints, genre_group
+
+
+class Loader:
+    """Loads the base model once, then builds a bundle for any version on demand."""
+
+    def __init__(self, settings: ServingSettings, catalogue: Catalogue):
+        self.device = settings.torch_device()
+        base_dir = settings.base_dir()
+        self.base_name = base_dir.name
+        self.base = GenSARModel.load(base_dir, self.device)
+        self.registry = Registry(LocalArtifactStore(settings.registry_dir()))
+        self.maps = MapStore(settings.maps_dir())
+        self.catalogue = catalogue
+        self.beams = settings.beam_size
+
+    def load(self, version: str | None) -> Bundle:
+        """`version` None: the base model itself, on the map it was trained against."""
+        started = time.perf_counter()
+        if version is None:
+            idmap = self.maps.load(self.base.idmap_version)
+            self.base.check_map(idmap)
+            model, name = self.base.model, f"base:{self.base_name}"
+        else:
+            with tempfile.TemporaryDirectory(prefix="gensar-adapter-") as tmp:
+                manifest, path = self.registry.fetch(version, Path(tmp))  # checksums verified
+                if manifest.base_model != self.base_name:
+                    raise BundleError(f"version {version} sits on base model {manifest.base_model!r}, "
+                                      f"this replica serves {self.base_name!r}")
+                model = merged(self.base.model, path).to(self.device)
+            idmap = self.maps.load(manifest.idmap_version)
+            name = version
+        if IdLayout.of(idmap) != self.base.vocab.layout:
+            raise BundleError(f"map {idmap.version} has layout {IdLayout.of(idmap)}, the model {self.base.vocab.layout}")
+        constraints, genre_group = genre_constraints(idmap, self.catalogue, self.device)
+        renderer = Renderer(self.base.vocab, idmap, None, {}, self.base.render)  # no dataset: requests only
+        bundle = Bundle(name, idmap, model, renderer, constraints, genre_group)
+        for task in TASKS:  # warm-up: first calls allocate caches and pick kernels
+            bundle.decode(task, [renderer.source(task, [], "warm up")], np.zeros(1, np.int64), self.beams)
+        return Bundle(name, idmap, model, renderer, constraints, genre_group, time.perf_counter() - started)

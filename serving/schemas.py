@@ -1,0 +1,69 @@
+"""The HTTP API's bodies (published as the OpenAPI spec). Unknown keys are a 422."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.settings import HISTORY_LIMIT, K_LIMIT, QUERY_LIMIT
+
+Id = str  # item / user ids, as gensar.events has them
+IdField = Field(min_length=1, max_length=128)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchFilters(Strict):
+    genre: str | None = Field(None, min_length=1, max_length=64, description="only items of this genre")
+
+
+class SearchRequest(Strict):
+    query: str = Field(min_length=1, max_length=QUERY_LIMIT)
+    user_id: Id | None = Field(None, min_length=1, max_length=128, description="personalises by the user's current history")
+    k: int = Field(10, ge=1, le=K_LIMIT)
+    filters: SearchFilters | None = None
+
+
+class RecommendRequest(Strict):
+    user_id: Id = IdField
+    k: int = Field(10, ge=1, le=K_LIMIT)
+    history: list[Id] | None = Field(None, max_length=HISTORY_LIMIT,
+                                     description="item ids, oldest first; default: the user's current history from the streams")
+
+
+class Item(BaseModel):
+    id: str
+    title: str
+    score: float
+
+
+class Answer(BaseModel):
+    items: list[Item]
+    model_version: str
+    idmap_version: str
+    # model: decoded; model+dense: fused with the dense look-up; popularity / search-history:
+    # a user without usable history (cold start)
+    source: Literal["model", "model+dense", "popularity", "search-history"]
+
+
+class TaskModel(BaseModel):
+    version: str
+    idmap_version: str
+    pinned: bool
+    load_seconds: float
+    loaded_at: float
+
+
+class Models(BaseModel):
+    device: str
+    base_model: str
+    tasks: dict[str, TaskModel]  # "search", "rec"
+    swaps: list[dict]  # the latest swaps of this replica, newest last
+
+
+class PinRequest(Strict):
+    task: Literal["joint", "search", "rec"] = "joint"
+    version: str | None = Field(None, description="null releases the pin: the registry decides again")

@@ -1,0 +1,87 @@
+"""Settings of the serving replicas. Environment: GENSAR_SERVING__<FIELD> (e.g.
+GENSAR_SERVING__ADMIN_TOKEN from a Secret); unknown keys are an error. Paths default to the
+shared layout under GENSAR_STATE_DIR (gensar.settings.Settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gensar.settings import Settings
+
+# Hard limits of the request schema (published in the OpenAPI spec); settings may lower them.
+K_LIMIT = 100
+QUERY_LIMIT = 512  # characters
+HISTORY_LIMIT = 200  # item ids in a request's explicit history
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_SERVING__", extra="forbid")
+
+    # Admin operations (pin, reload) need `Authorization: Bearer <token>`; without a token
+    # configured they are refused outright.
+    admin_token: SecretStr | None = None
+    # The stream workers' table read API (streams.views); the chart's Service is
+    # http://<release>-streams:6066. Unreachable: the request is answered as for a user
+    # without history, and gensar_serve_user_state_errors_total counts it.
+    streams_url: str = "http://127.0.0.1:6066"
+    streams_timeout_s: float = Field(0.25, gt=0, le=10)  # a slow state read must not hold a request
+    # Request limits (422 beyond them).
+    max_k: int = Field(K_LIMIT, ge=1, le=K_LIMIT)
+    max_query_chars: int = Field(QUERY_LIMIT, ge=1, le=QUERY_LIMIT)
+    max_history: int = Field(HISTORY_LIMIT, ge=0, le=HISTORY_LIMIT)
+    # Decoding: beams per request (the paper's 30; at least k), dynamic batching.
+    beam_size: int = Field(30, ge=1, le=256)
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_wait_s: float = Field(0.005, ge=0, le=1)  # how long a batch waits to fill
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    # Replicas and what each one reserves.
+    replicas: int = Field(1, ge=1, le=64)
+    replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Where versions come from: the registry (<state_dir>/registry), identifier maps
+    # (<state_dir>/identifiers/maps), base models (<state_dir>/models/base/<name>).
+    state_dir: Path | None = None  # default: GENSAR_STATE_DIR
+    base_model: str | None = None  # None: the only base model present
+    poll_s: float = Field(2.0, gt=0, le=600)  # how often a replica re-reads the registry
+    # The catalogue (titles, genres, popularity): a dataset directory; default GENSAR_DATA_DIR.
+    catalogue: Path | None = None
+    # Dense look-up (Qdrant) fused with the generated results for search, so items too new
+    # for the model are reachable.
+    dense: bool = True
+    dense_k: int = Field(20, ge=1, le=K_LIMIT)
+
+    def root(self) -> Path:
+        return self.state_dir or Settings().state_dir
+
+    def registry_dir(self) -> Path:
+        return self.root() / "registry"
+
+    def maps_dir(self) -> Path:
+        return self.root() / "identifiers" / "maps"
+
+    def base_dir(self) -> Path:
+        """The base model artifact this replica loads once."""
+        bases = self.root() / "models" / "base"
+        if self.base_model:
+            return bases / self.base_model
+        found = sorted(p for p in bases.iterdir() if p.is_dir()) if bases.is_dir() else []
+        if len(found) != 1:
+            raise FileNotFoundError(f"{bases}: expected exactly one base model, found {[p.name for p in found]}; "
+                                    "set GENSAR_SERVING__BASE_MODEL")
+        return found[0]
+
+    def catalogue_dir(self) -> Path:
+        return self.catalogue or Settings().data_dir
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
