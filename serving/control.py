@@ -1,0 +1,37 @@
+"""Operator decisions every replica follows: pins, kept as one small JSON file beside the
+registry (the artifact volume every replica mounts). An admin call reaches one replica; it
+writes the file and applies it at once, the others pick it up at their next registry poll."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+CONTROL_FILE = "serving-control.json"
+
+
+class Control(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pins: dict[Literal["joint", "search", "rec"], str] = {}  # task -> version that serves regardless of the registry
+
+
+def read_control(registry_dir: Path) -> Control:
+    path = Path(registry_dir) / CONTROL_FILE
+    return Control.model_validate_json(path.read_bytes()) if path.exists() else Control()
+
+
+def write_control(registry_dir: Path, control: Control) -> None:
+    """Atomically: temp file, fsync, rename; a reader sees the old file or the new one."""
+    registry_dir = Path(registry_dir)
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=registry_dir, prefix=".control-", delete=False) as f:
+        f.write(json.dumps(control.model_dump(), sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, registry_dir / CONTROL_FILE)
