@@ -23,6 +23,7 @@ app.add_typer(data_app, name="data")
 # --- part commands ---
 from model.cli import app as model_app; app.add_typer(model_app, name="model")  # noqa: E402,E702
 from evaluation.cli import app as bench_app; app.add_typer(bench_app, name="bench")  # noqa: E402,E702
+from serving.cli import serve as serve_command; app.command("serve")(serve_command)  # noqa: E402,E702
 # --- end part commands ---
 console = Console()
 
