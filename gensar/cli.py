@@ -21,8 +21,10 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(data_app, name="data")
 # Sub-commands of the parts (each part keeps its commands in its own cli.py): one line each.
 # --- part commands ---
+from streams.cli import app as streams_app; app.add_typer(streams_app, name="streams")  # noqa: E402,E702
 from model.cli import app as model_app; app.add_typer(model_app, name="model")  # noqa: E402,E702
 from evaluation.cli import app as bench_app; app.add_typer(bench_app, name="bench")  # noqa: E402,E702
+from learner.cli import register as register_learner; register_learner(app, model_app)  # noqa: E402,E702
 from serving.cli import serve as serve_command; app.command("serve")(serve_command)  # noqa: E402,E702
 # --- end part commands ---
 console = Console()

@@ -14,7 +14,8 @@ import random
 from collections import OrderedDict, deque
 from pathlib import Path
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from gensar.events import InvalidEvent, TrainingSample, decode
 from gensar.settings import KafkaSettings
@@ -44,13 +45,12 @@ class SampleBuffer:
         self.recent.append(sample)
         return True
 
-    def drain(self) -> tuple[list[TrainingSample], list[TrainingSample]]:
-        """The recent samples (oldest first) and a replay draw of older ones, as many as
-        `replay` allows but no more than the recent ones; the recent ones then age into
-        the reservoir."""
-        recent = list(self.recent)
+    def drain(self, count: int | None = None) -> tuple[list[TrainingSample], list[TrainingSample]]:
+        """The oldest `count` recent samples (default: all, oldest first) and a replay draw
+        of older ones, as many as `replay` allows but no more than the recent ones; the
+        drained samples then age into the reservoir."""
+        recent = [self.recent.popleft() for _ in range(len(self.recent) if count is None else count)]
         replayed = self._rng.sample(self.reservoir, min(len(self.reservoir), len(recent)))
-        self.recent.clear()
         for sample in recent:
             self.seen_total += 1
             if len(self.reservoir) < self.replay:
@@ -58,6 +58,12 @@ class SampleBuffer:
             elif (j := self._rng.randrange(self.seen_total)) < self.replay:
                 self.reservoir[j] = sample
         return recent, replayed
+
+    def peek_replay(self, count: int) -> list[TrainingSample]:
+        """A replay draw of up to `count` older samples, leaving the buffer as it is
+        (the draw is seeded by the buffer's state, so a retried refresh draws the same)."""
+        rng = random.Random(f"{self.seen_total}:{len(self.reservoir)}")
+        return rng.sample(self.reservoir, min(len(self.reservoir), count))
 
     # --- persistence -------------------------------------------------------------------
 
@@ -106,9 +112,15 @@ class SampleConsumer:
                 added += buffer.add(sample)
         return added
 
-    def commit(self) -> None:
-        """Call only after the buffer holding everything polled so far has been saved."""
-        self.consumer.commit()
+    def positions(self) -> dict[TopicPartition, int]:
+        """The next offset to read per assigned partition: what has been polled so far."""
+        return {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
+
+    def commit(self, positions: dict[TopicPartition, int] | None = None) -> None:
+        """Commit `positions` (default: everything polled). Call only once the samples
+        before them are safe: saved in the buffer, or trained into a published version."""
+        offsets = None if positions is None else {tp: OffsetAndMetadata(o, "", -1) for tp, o in positions.items()}
+        self.consumer.commit(offsets)
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

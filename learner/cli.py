@@ -1,0 +1,115 @@
+"""`gensar learner` (run the learner) and the registry commands added to `gensar model`:
+list, show, promote, rollback."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _registry(announce: bool = False):
+    from gensar.settings import Settings
+    from learner.registry import LocalArtifactStore, Registry, kafka_announcer
+    from learner.settings import RegistrySettings
+
+    settings = Settings()
+    root = RegistrySettings().root(settings.state_dir)
+    return Registry(LocalArtifactStore(root), announce=kafka_announcer(settings.kafka) if announce else None)
+
+
+def run(
+    base: str = typer.Option(..., help="Base model name: a GenSAR model artifact under <state_dir>/models/base/."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The catalogue's dataset; default: the bundled data."),
+    idmap: Optional[Path] = typer.Option(None, help="Identifier-map version directory; default: the base's, from the map store."),
+    max_refreshes: Optional[int] = typer.Option(None, help="Stop after this many decided refreshes."),
+    idle_exit: Optional[float] = typer.Option(None, help="Stop when no sample arrived for this many seconds."),
+) -> None:
+    """Run the learner: consume training samples, refresh LoRA adapters, gate, publish."""
+    import logging
+
+    from prometheus_client import start_http_server
+
+    from gensar.data import load
+    from gensar.settings import Settings
+    from infra.ray_local import ensure_ray
+    from learner import service
+    from learner.settings import LearnerSettings, RegistrySettings
+
+    handler = logging.StreamHandler()  # Ray configures the root logger: ours gets its own handler
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    logging.getLogger("gensar").addHandler(handler)
+    logging.getLogger("gensar").setLevel(logging.INFO)
+    settings, learner = Settings(), LearnerSettings()
+    if learner.metrics_port:
+        start_http_server(learner.metrics_port, addr=learner.metrics_host)
+    ensure_ray()
+    decided = service.run(state_dir=settings.state_dir, kafka=settings.kafka, ds=load(data or settings.data_dir),
+                          base_name=base, settings=learner, registry_root=RegistrySettings().root(settings.state_dir),
+                          idmap_path=idmap, max_refreshes=max_refreshes, idle_exit_seconds=idle_exit)
+    for d in decided:
+        console.print(f"{d.version}: {d.status} — {d.reason}")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def list_versions() -> None:
+    """Every adapter version with its latest decision; * marks what serves."""
+    registry = _registry()
+    serving = {registry.serving(t) for t in ("joint", "search", "rec")}
+    table = Table("version", "task", "parent", "status", "decided (UTC)", "samples", "reason")
+    for manifest, decision in registry.versions():
+        mark = "*" if manifest.version in serving else ""
+        table.add_row(mark + manifest.version, manifest.task, manifest.parent or "-", decision.status,
+                      _when(decision.timestamp), str(manifest.window.samples), decision.reason[:80])
+    console.print(table)
+
+
+def show(version: str) -> None:
+    """A version's manifest and its decision history."""
+    from learner.registry import RegistryError
+
+    registry = _registry()
+    try:
+        manifest = registry.manifest(version)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print_json(json.dumps({"manifest": manifest.model_dump(mode="json"),
+                                   "decisions": [d.model_dump() for d in registry.decisions() if d.version == version]}))
+
+
+def promote(version: str, reason: str = typer.Option("operator promotion", help="Why, for the record.")) -> None:
+    """Serve a version now (announced on the model-versions topic)."""
+    announcement = _registry(announce=True).promote(version, reason)
+    console.print(f"{announcement.version} promoted for task {announcement.task}")
+
+
+def rollback(task: str = typer.Option("joint", help="joint | search | rec"),
+             reason: str = typer.Option("operator rollback", help="Why, for the record.")) -> None:
+    """Take the serving version out and re-announce the one before it."""
+    from learner.registry import RegistryError
+
+    try:
+        announcement = _registry(announce=True).rollback(task, reason)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"rolled back: {announcement.version} serves {task} again ({announcement.reason})")
+
+
+def register(app: typer.Typer, model_app: typer.Typer) -> None:
+    app.command("learner")(run)
+    model_app.command("list")(list_versions)
+    model_app.command("show")(show)
+    model_app.command("promote")(promote)
+    model_app.command("rollback")(rollback)

@@ -1,0 +1,142 @@
+"""The learner on Ray: actors and the loop that schedules refreshes.
+
+    Intake   (actor)  reads training-samples in a consumer group into the SampleBuffer
+    Trainer  (actor)  one refresh at a time: LoRA-tune, gate on held-out recent samples,
+                      publish to the registry (`learner.refresh.Refresher`); on a GPU
+                      worker when the cluster has one
+    loop     (driver) refresh every N new samples or T seconds, then commit
+
+Training and its gate run in one actor on purpose: the gate scores the candidate's
+merged weights and the serving weights, and moving them between processes would cost
+more than the scoring.
+
+Delivery: before a refresh the intake saves its buffer and notes its consumer positions;
+only after the refresh's decision is in the registry are those positions committed. A
+learner killed mid-refresh publishes nothing (artifacts are written whole or not at all)
+and, restarted, reads again from its last commit; the buffer drops what it already holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import ray
+from prometheus_client import Counter, Gauge, Histogram
+
+from gensar.data import Dataset
+from gensar.events import ModelVersion, TrainingSample
+from gensar.settings import KafkaSettings
+from infra.ray_local import has_gpu
+from learner.registry import LocalArtifactStore, Registry, kafka_announcer
+from learner.samples import SampleBuffer, SampleConsumer
+from learner.settings import LearnerSettings
+
+log = logging.getLogger("gensar.learner")
+REFRESH_SECONDS = Histogram("gensar_learner_refresh_seconds", "Wall time of one refresh (train + gate + publish)",
+                            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800))
+DECISIONS = Counter("gensar_learner_gate_decisions_total", "Refresh outcomes", ["decision"])
+PENDING = Gauge("gensar_learner_pending_samples", "Samples waiting for the next refresh")
+
+
+@ray.remote
+class Intake:
+    def __init__(self, kafka: KafkaSettings, buffer_path: str, settings: LearnerSettings, group: str):
+        self.path = Path(buffer_path)
+        self.buffer = SampleBuffer(window=settings.window, replay=settings.replay, seed=settings.seed)
+        self.buffer.load(self.path)
+        self.consumer = SampleConsumer(kafka, group=group)
+        self.snapshot_positions = None
+
+    def poll(self, timeout_ms: int = 500) -> int:
+        """New samples moved into the buffer; returns how many are pending."""
+        self.consumer.poll(self.buffer, timeout_ms=timeout_ms)
+        # A window bound: beyond it the oldest pending samples go straight to the reservoir.
+        overflow = len(self.buffer) - self.buffer.window
+        if overflow > 0:
+            self.buffer.drain(overflow)
+        return len(self.buffer)
+
+    def snapshot(self) -> tuple[list[TrainingSample], list[TrainingSample]]:
+        """What the next refresh trains on; saved (with the buffer) before any training."""
+        self.buffer.save(self.path)
+        self.snapshot_positions = self.consumer.positions()
+        recent = list(self.buffer.recent)
+        return recent, self.buffer.peek_replay(len(recent))
+
+    def done(self, count: int) -> None:
+        """The refresh of the last snapshot is decided: retire its samples, commit."""
+        self.buffer.drain(count)
+        self.buffer.save(self.path)
+        self.consumer.commit(self.snapshot_positions)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@ray.remote
+class Trainer:
+    def __init__(self, state_dir: str, base_name: str, idmap_path: str | None, ds: Dataset,
+                 registry_root: str, settings: LearnerSettings, kafka: KafkaSettings):
+        from identifiers.idmap import IdentifierMap, MapStore
+        from identifiers.semantic import item_texts
+        from learner.refresh import Refresher
+        from model.artifact import GenSARModel
+        from model.tasks import Renderer
+
+        base = GenSARModel.load(Path(state_dir) / "models" / "base" / base_name)
+        idmap = (IdentifierMap.load(Path(idmap_path)) if idmap_path
+                 else MapStore(Path(state_dir) / "identifiers" / "maps").load(base.idmap_version))
+        base.check_map(idmap)
+        renderer = Renderer(base.vocab, idmap, ds, item_texts(ds, []), base.render)
+        registry = Registry(LocalArtifactStore(Path(registry_root)), announce=kafka_announcer(kafka))
+        self.refresher = Refresher(base, base_name, renderer, registry, settings)
+
+    def refresh(self, recent: list[TrainingSample], replayed: list[TrainingSample], version: str) -> ModelVersion:
+        return self.refresher.run(recent, replayed, version)
+
+
+def next_version(registry: Registry) -> str:
+    return f"r{len(registry.store.keys()) + 1:04d}"
+
+
+def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, settings: LearnerSettings,
+        registry_root: Path, idmap_path: Path | None = None, max_refreshes: int | None = None,
+        idle_exit_seconds: float | None = None, group: str = "gensar-learner") -> list[ModelVersion]:
+    """Refresh until `max_refreshes` are decided, or no sample arrived for `idle_exit_seconds`."""
+    registry = Registry(LocalArtifactStore(registry_root))
+    intake = Intake.remote(kafka, str(state_dir / "learner" / "buffer.json"), settings, group)
+    (state_dir / "learner").mkdir(parents=True, exist_ok=True)
+    gpus = 1 if has_gpu() else 0
+    trainer = Trainer.options(num_gpus=gpus).remote(str(state_dir), base_name, idmap_path and str(idmap_path), ds,
+                                                    str(registry_root), settings, kafka)
+    decided: list[ModelVersion] = []
+    last_refresh = last_arrival = time.monotonic()
+    seen = 0
+    try:
+        while max_refreshes is None or len(decided) < max_refreshes:
+            pending = ray.get(intake.poll.remote())
+            PENDING.set(pending)
+            now = time.monotonic()
+            if pending != seen:
+                seen, last_arrival = pending, now
+            due = pending >= settings.refresh_every_samples or (
+                pending >= settings.min_samples and now - last_refresh >= settings.refresh_every_seconds)
+            if due:
+                recent, replayed = ray.get(intake.snapshot.remote())
+                version = next_version(registry)
+                log.info("refresh %s started on %d recent + %d replayed samples", version, len(recent), len(replayed))
+                started = time.perf_counter()
+                decision = ray.get(trainer.refresh.remote(recent, replayed, version))
+                REFRESH_SECONDS.observe(time.perf_counter() - started)
+                DECISIONS.labels(decision.status).inc()
+                log.info("refresh %s: %s (%s)", decision.version, decision.status, decision.reason)
+                ray.get(intake.done.remote(len(recent)))
+                decided.append(decision)
+                last_refresh, seen = time.monotonic(), 0
+            elif idle_exit_seconds is not None and now - last_arrival > idle_exit_seconds:
+                break
+    finally:
+        ray.get(intake.close.remote())
+    return decided
