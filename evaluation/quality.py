@@ -33,11 +33,10 @@ from evaluation.report import markdown_table, result_rows
 from evaluation.sasrec import SASRec
 from gensar import data as datasets
 from identifiers.semantic import SemanticEncoder, item_texts
-from model.artifact import GenSARModel
-from model.modeling import ModelSettings, backbone_tokenizer, build_model, parameter_count
-from model.tasks import RenderSettings, Renderer, TaskMix, build_pools
-from model.train import TrainSettings, train
-from model.vocab import IdLayout, Vocabulary
+from model.modeling import ModelSettings
+from model.recipe import train_gensar
+from model.tasks import RenderSettings, TaskMix
+from model.train import TrainSettings
 
 ID_VARIANTS = ("joint", "semantic-only", "collaborative-only", "no-shared")
 
@@ -55,6 +54,7 @@ class QualitySettings(BaseModel):
     # CPU threads for torch. On a shared 2-core machine OpenMP threads spin-wait for each
     # other: 1 thread trained 3x faster than 2 and small index ops ran 100x faster (measured).
     torch_threads: int = Field(1, ge=1)
+    min_train_seconds: float = Field(60.0, gt=0)  # a model that would get less is skipped
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings(epochs=50)  # the time budget decides
     mix: TaskMix = TaskMix()
@@ -126,7 +126,9 @@ IDENTIFIER_VARIANT_FLAGS: dict[str, dict] = {"joint": {}, "semantic-only": {}, "
 
 
 def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cache_dir: Path,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, build_ids: Callable = None) -> dict:
+    """Run everything within the budget and return the report. build_ids(ds, train_events,
+    variant, directory, seed) -> IdentifierMap defaults to `build_idmap`."""
     import torch
 
     clock = Clock(settings.budget_minutes)
@@ -179,44 +181,42 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
             for system in (Popularity(sd.split.train, index), ItemKNN(sd.split.train, index), sasrec):
                 timed(f"{tag}/eval/{system.name}", evaluate, system, sd, "rec")
 
-    eval_seconds = {"leave-one-out": 150.0, "temporal": 45.0}  # first guesses, then measured
+    decode_seconds = [0.05]  # per case and protocol: a first guess, then measured
+
+    def eval_estimate(job: Job) -> float:
+        n = len(temporal.cases) if job.split == "temporal" and temporal else len(loo.cases)
+        return decode_seconds[0] * n * len(job.protocols)
 
     def run_job(job: Job, sd: SplitData, remaining: list[Job]) -> None:
-        reserve = sum(eval_seconds[j.split] for j in remaining) + 10
-        share = job.weight / sum(j.weight for j in remaining)
-        train_seconds = (clock.left() - reserve) * share
-        if train_seconds < 30:
+        reserve = sum(eval_estimate(j) for j in remaining) + 10
+
+        def training_seconds() -> float:
+            return (clock.left() - reserve) * job.weight / sum(j.weight for j in remaining)
+
+        if training_seconds() < settings.min_train_seconds:
             skipped.append(f"{job.name} ({job.split}): {clock.left() / 60:.1f} min left of the budget")
             log(f"skipping {job.name}: budget")
             return
         if job.variant not in sd.idmaps:
-            sd.idmaps[job.variant] = timed(f"{job.split}/ids/{job.variant}", build_idmap, ds, sd.split.train,
+            sd.idmaps[job.variant] = timed(f"{job.split}/ids/{job.variant}", build_ids or build_idmap, ds, sd.split.train,
                                            job.variant, run_dir / job.split / job.variant, settings.seed)
         idmap = sd.idmaps[job.variant]
-        tokenizer = backbone_tokenizer(settings.model)
-        corpus = [*sd.texts, *(e.query for e in sd.split.train if e.type == "search")]
-        vocab = (Vocabulary.for_corpus(IdLayout.of(idmap), corpus, tokenizer) if settings.model.backbone == "t5"
-                 else Vocabulary(IdLayout.of(idmap), tokenizer))
-        texts_by_id = dict(zip(ds.items, sd.texts))
-        renderer = Renderer(vocab, idmap, ds, texts_by_id, settings.render)
-        pools = timed(f"{job.split}/samples/{job.name}", build_pools, renderer, sd.split.train)
-        model = build_model(settings.model, vocab, seed=settings.seed)
+        train_seconds = max(training_seconds(), settings.min_train_seconds)
         train_settings = settings.train.model_copy(update={"max_minutes": train_seconds / 60, "seed": settings.seed})
-        report = timed(f"{job.split}/train/{job.name}", train, model, pools, job.mix, train_settings, vocab.pad_id,
-                       progress=False)
-        gm = GenSARModel(model, vocab, settings.model, settings.render, idmap.version, idmap.fingerprint(),
-                         step=report.steps, info={"train": report.to_json()})
+        gm, renderer, report = timed(f"{job.split}/train/{job.name}", train_gensar, ds, sd.split.train, idmap,
+                                     settings.model, job.mix, train_settings, settings.render, progress=False,
+                                     seed=settings.seed)
         gm.save(run_dir / job.split / f"model-{job.name}")
-        training[f"{job.split}/{job.name}"] = {**report.to_json(), "parameters": parameter_count(model),
-                                               "pool_sizes": {t: len(p) for t, p in pools.items()},
-                                               "train_seconds_allotted": round(train_seconds, 1)}
+        training[f"{job.split}/{job.name}"] = {**gm.info, "train_seconds_allotted": round(train_seconds, 1)}
         started = time.perf_counter()
         for task in job.tasks:
             system = GenerativeSystem(job.name, task, gm, renderer, index, beam_size=settings.beam_size)
             timed(f"{job.split}/eval/{job.name}/{task}", evaluate, system, sd, task, job.protocols)
-        eval_seconds[job.split] = time.perf_counter() - started
+        scored = sum(c.task in job.tasks for c in sd.cases) * len(job.protocols)
+        decode_seconds[0] = (time.perf_counter() - started) / max(scored, 1)
 
     loo = timed("leave-one-out/prepare", prepare, datasets.leave_one_out(ds))
+    temporal: SplitData | None = None
     baselines(loo, "leave-one-out", rec=True)
     jobs = [Job("gensar", "leave-one-out", "joint", settings.mix, ("search", "rec"), settings.weight_joint)]
     if settings.single_task:
@@ -229,7 +229,6 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
         # the identifier ablations are compared under the paper protocol only (half the decoding time)
         jobs += [Job(f"gensar-ids-{v}", "leave-one-out", v, settings.mix, ("search", "rec"), settings.weight_ablation,
                      ("paper",)) for v in ID_VARIANTS[1:]]
-    temporal = None
     for i, job in enumerate(jobs):
         if job.split == "temporal" and temporal is None:
             temporal = timed("temporal/prepare", prepare, datasets.temporal_split(ds), lambda c: c.task == "search")

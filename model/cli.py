@@ -29,17 +29,15 @@ def train_command(
 ) -> None:
     """Train on a dataset's training split and save the model with its identifier-map version.
     An interrupted run resumes from `<out>.ckpt`."""
+    import torch
+
     from gensar import data as datasets
     from gensar.settings import Settings
     from identifiers.idmap import IdentifierMap
-    from identifiers.semantic import item_texts
-    from model.artifact import GenSARModel
-    from model.modeling import ModelSettings, backbone_tokenizer, build_model, parameter_count
-    from model.tasks import RenderSettings, Renderer, TaskMix, build_pools
-    from model.train import TrainSettings, train
-    from model.vocab import IdLayout, Vocabulary
-
-    import torch
+    from model.modeling import ModelSettings
+    from model.recipe import train_gensar
+    from model.tasks import TaskMix
+    from model.train import TrainSettings
 
     if threads:
         torch.set_num_threads(threads)
@@ -52,21 +50,10 @@ def train_command(
         from evaluation.quality import build_idmap
 
         ids = build_idmap(ds, chosen.train, "joint", settings.state_dir / "models" / f"{out.name}-ids", seed)
-    model_settings = ModelSettings(backbone=backbone, pretrained_path=pretrained_path)
-    texts = item_texts(ds, chosen.train)
-    tokenizer = backbone_tokenizer(model_settings)
-    corpus = [*texts.values(), *(e.query for e in chosen.train if e.type == "search")]
-    vocab = (Vocabulary.for_corpus(IdLayout.of(ids), corpus, tokenizer) if backbone == "t5"
-             else Vocabulary(IdLayout.of(ids), tokenizer))
-    render = RenderSettings()
-    pools = build_pools(Renderer(vocab, ids, ds, texts, render), chosen.train)
-    model = build_model(model_settings, vocab, seed=seed)
-    console.print(f"{parameter_count(model):,} parameters; samples per task: { {t: len(p) for t, p in pools.items()} }")
-    report = train(model, pools, TaskMix(), TrainSettings(epochs=epochs, max_minutes=minutes, device=device, seed=seed,
-                                                          checkpoint_every=200),
-                   vocab.pad_id, checkpoint_dir=out.with_name(out.name + ".ckpt"))
-    gm = GenSARModel(model, vocab, model_settings, render, ids.version, ids.fingerprint(), report.steps,
-                     {"train": report.to_json()})
+    train_settings = TrainSettings(epochs=epochs, max_minutes=minutes, device=device, seed=seed, checkpoint_every=200)
+    gm, _, report = train_gensar(ds, chosen.train, ids, ModelSettings(backbone=backbone, pretrained_path=pretrained_path),
+                                 TaskMix(), train_settings, checkpoint_dir=out.with_name(out.name + ".ckpt"), seed=seed)
     gm.save(out)
-    console.print(f"saved {out} (identifier map {ids.version}); {report.samples:,} samples in {report.seconds:.0f}s "
-                  f"on {report.device} ({report.samples_per_second:.0f}/s), loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f}")
+    console.print(f"saved {out} (identifier map {ids.version}); {gm.info['parameters']:,} parameters; "
+                  f"{report.samples:,} samples in {report.seconds:.0f}s on {report.device} "
+                  f"({report.samples_per_second:.0f}/s), loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f}")

@@ -33,7 +33,7 @@ class TrainSettings(BaseModel):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0)  # small transformer from scratch: a high rate with warmup
     weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(200, ge=0)
+    warmup_steps: int = Field(50, ge=0)  # short: a time-boxed CPU run has only a few hundred steps
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     epochs: float = Field(3.0, gt=0)
