@@ -111,7 +111,12 @@ class Refresher:
         self.registry, self.settings, self.task = registry, settings, task
 
     def run(self, recent: list[TrainingSample], replayed: list[TrainingSample], version: str) -> ModelVersion:
+        """One refresh of this refresher's task: "joint" learns from every sample, a task
+        adapter ("search" | "rec") only from its own and is gated on its own."""
         settings = self.settings
+        if self.task != "joint":
+            recent = [s for s in recent if s.task == self.task]
+            replayed = [s for s in replayed if s.task == self.task]
         cut = max(1, int(len(recent) * (1 - settings.holdout_fraction)))
         train_part, holdout = recent[:cut], recent[cut:]
         samples = [s for s in (as_training(self.renderer, x) for x in [*train_part, *replayed]) if s is not None]

@@ -78,7 +78,7 @@ class Intake:
 @ray.remote
 class Trainer:
     def __init__(self, state_dir: str, base_name: str, idmap_path: str | None, ds: Dataset,
-                 registry_root: str, settings: LearnerSettings, kafka: KafkaSettings):
+                 registry_root: str, settings: LearnerSettings, kafka: KafkaSettings, task: str = "joint"):
         from identifiers.idmap import IdentifierMap, MapStore
         from identifiers.semantic import item_texts
         from learner.refresh import Refresher
@@ -91,7 +91,7 @@ class Trainer:
         base.check_map(idmap)
         renderer = Renderer(base.vocab, idmap, ds, item_texts(ds, []), base.render)
         registry = Registry(LocalArtifactStore(Path(registry_root)), announce=kafka_announcer(kafka))
-        self.refresher = Refresher(base, base_name, renderer, registry, settings)
+        self.refresher = Refresher(base, base_name, renderer, registry, settings, task)
 
     def refresh(self, recent: list[TrainingSample], replayed: list[TrainingSample], version: str) -> ModelVersion:
         return self.refresher.run(recent, replayed, version)
@@ -108,9 +108,11 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
     registry = Registry(LocalArtifactStore(registry_root))
     intake = Intake.remote(kafka, str(state_dir / "learner" / "buffer.json"), settings, group)
     (state_dir / "learner").mkdir(parents=True, exist_ok=True)
-    gpus = 1 if has_gpu() else 0
-    trainer = Trainer.options(num_gpus=gpus).remote(str(state_dir), base_name, idmap_path and str(idmap_path), ds,
-                                                    str(registry_root), settings, kafka)
+    # One trainer per adapter: a joint one, or a search and a rec adapter over the one base.
+    tasks = ["joint"] if settings.adapters == "joint" else ["search", "rec"]
+    gpus = 1 / len(tasks) if has_gpu() else 0
+    trainers = [Trainer.options(num_gpus=gpus).remote(str(state_dir), base_name, idmap_path and str(idmap_path), ds,
+                                                      str(registry_root), settings, kafka, task) for task in tasks]
     decided: list[ModelVersion] = []
     last_refresh = last_arrival = time.monotonic()
     seen = 0
@@ -125,15 +127,18 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
                 pending >= settings.min_samples and now - last_refresh >= settings.refresh_every_seconds)
             if due:
                 recent, replayed = ray.get(intake.snapshot.remote())
-                version = next_version(registry)
-                log.info("refresh %s started on %d recent + %d replayed samples", version, len(recent), len(replayed))
                 started = time.perf_counter()
-                decision = ray.get(trainer.refresh.remote(recent, replayed, version))
+                for trainer in trainers:  # in turn: on 2 cores, parallel refreshes only fight
+                    version = next_version(registry)
+                    log.info("refresh %s started on %d recent + %d replayed samples", version, len(recent),
+                             len(replayed))
+                    decision = ray.get(trainer.refresh.remote(recent, replayed, version))
+                    DECISIONS.labels(decision.status).inc()
+                    log.info("refresh %s (%s): %s (%s)", decision.version, decision.task, decision.status,
+                             decision.reason)
+                    decided.append(decision)
                 REFRESH_SECONDS.observe(time.perf_counter() - started)
-                DECISIONS.labels(decision.status).inc()
-                log.info("refresh %s: %s (%s)", decision.version, decision.status, decision.reason)
                 ray.get(intake.done.remote(len(recent)))
-                decided.append(decision)
                 last_refresh, seen = time.monotonic(), 0
             elif idle_exit_seconds is not None and now - last_arrival > idle_exit_seconds:
                 break

@@ -104,3 +104,14 @@ def test_gate_rule():
     ok, reason = gate({"rec": {"HR@10": 0.7, "NDCG@10": 0.5}, "search": {"HR@10": 0.3, "NDCG@10": 0.2}}, serving, 0.02)
     assert not ok and "search HR@10" in reason
     assert not gate({}, serving, 0.02)[0]
+
+
+def test_a_task_adapter_learns_and_is_gated_on_its_own_task_only(world, tmp_path):
+    base, renderer, fresh = world
+    r = refresher(base, renderer, tmp_path)
+    r.task = "rec"
+    decision = r.run(fresh, [], "rec1")
+    manifest = r.registry.manifest("rec1")
+    assert decision.task == "rec" and manifest.task == "rec"
+    assert set(manifest.metrics) == {"candidate:rec", "serving:rec"}
+    assert manifest.window.samples < len(fresh)  # search samples were left to the search adapter
