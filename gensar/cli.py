@@ -26,6 +26,7 @@ from model.cli import app as model_app; app.add_typer(model_app, name="model")  
 from evaluation.cli import app as bench_app; app.add_typer(bench_app, name="bench")  # noqa: E402,E702
 from learner.cli import register as register_learner; register_learner(app, model_app)  # noqa: E402,E702
 from serving.cli import serve as serve_command; app.command("serve")(serve_command)  # noqa: E402,E702
+from identifiers.cli import app as ids_app; app.add_typer(ids_app, name="ids")  # noqa: E402,E702
 # --- end part commands ---
 console = Console()
 

@@ -150,12 +150,14 @@ class Item2Vec:
     # --- reading ----------------------------------------------------------------------
 
     def vectors(self, item_ids: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32 item vectors (rows of unknown items are zero)."""
+        """(n, dim) float32 collaborative embeddings: the item vectors scaled to unit length
+        (SGNS norms mostly track frequency; directions carry the co-occurrence signal).
+        Rows of unknown items are zero."""
         out = np.zeros((len(item_ids), self.config.dim), np.float32)
         known = [(j, self.rows[i]) for j, i in enumerate(item_ids) if i in self.rows]
         if known:
             js, rows = map(list, zip(*known))
-            out[js] = self.inputs[rows].numpy()
+            out[js] = unit_rows(self.inputs[rows].numpy())
         return out
 
     def warm(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -181,11 +183,15 @@ class Item2Vec:
 # --- cold start and evaluation ---------------------------------------------------------------
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def neighbour_mean(vectors: np.ndarray, similarities: np.ndarray) -> np.ndarray:
-    """A cold item's collaborative vector: the similarity-weighted mean of its semantic
-    neighbours' collaborative vectors. vectors (..., k, d), similarities (..., k)."""
+    """A cold item's collaborative embedding: the similarity-weighted mean of its semantic
+    neighbours' collaborative embeddings, at unit length. vectors (..., k, d), similarities (..., k)."""
     weights = np.clip(similarities, 1e-6, None)
-    return (weights[..., None] * vectors).sum(-2) / weights.sum(-1, keepdims=True)
+    return unit_rows((weights[..., None] * vectors).sum(-2))
 
 
 def fill_cold(semantic: np.ndarray, collaborative: np.ndarray, warm: np.ndarray, k: int = 10) -> np.ndarray:
@@ -218,7 +224,7 @@ def next_item_hit_rate(model: Item2Vec, sequences: Mapping[str, Sequence[str]], 
     `neighbours` (cosine nearest neighbours of the item vectors: what the identifiers
     use), `sgns` (the model's own item.context score) and `popularity`."""
     inputs, outputs = model.inputs.numpy(), model.outputs.numpy()
-    unit = inputs / np.maximum(np.linalg.norm(inputs, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(inputs)
     scorers = {
         "neighbours": lambda rows: unit @ unit[rows].mean(0),
         "sgns": lambda rows: outputs @ inputs[rows].mean(0),
