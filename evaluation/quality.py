@@ -38,7 +38,6 @@ from model.recipe import train_gensar
 from model.tasks import RenderSettings, TaskMix
 from model.train import TrainSettings
 
-ID_VARIANTS = ("joint", "semantic-only", "collaborative-only", "no-shared")
 
 
 class QualitySettings(BaseModel):
@@ -59,10 +58,13 @@ class QualitySettings(BaseModel):
     train: TrainSettings = TrainSettings(epochs=50)  # the time budget decides
     mix: TaskMix = TaskMix()
     render: RenderSettings = RenderSettings()
+    # RQ-VAE epochs of every map the benchmark builds (identifiers' default: 100, ~3 min per
+    # map on 2 busy cores; the benchmark builds five maps, all with this same setting)
+    rqvae_epochs: int = Field(40, ge=1)
     # relative training time of each model (the joint model learns two tasks and more)
-    weight_joint: float = 3.0
-    weight_temporal: float = 2.0
-    weight_single: float = 1.5
+    weight_joint: float = 4.0
+    weight_temporal: float = 1.5
+    weight_single: float = 2.0
     weight_ablation: float = 1.0
 
 
@@ -112,17 +114,19 @@ def machine() -> dict:
             "torch": torch.__version__}
 
 
-def build_idmap(ds: datasets.Dataset, train_events, variant: str, state_dir: Path, seed: int):
-    """The identifier map of `variant`, built from the training events only."""
-    from identifiers.build import build_identifiers
-    from identifiers.settings import IdentifierSettings
-
-    config = IdentifierSettings().model_copy(update={"seed": seed, **IDENTIFIER_VARIANT_FLAGS[variant]})
-    result = build_identifiers(ds, train_events, config, state_dir)
-    return getattr(result, "idmap", result)
+ID_MODES = {"joint": "dual", "semantic-only": "semantic_only", "collaborative-only": "collaborative_only",
+            "no-shared": "no_shared"}
 
 
-IDENTIFIER_VARIANT_FLAGS: dict[str, dict] = {"joint": {}, "semantic-only": {}, "collaborative-only": {}, "no-shared": {}}
+def build_idmap(ds: datasets.Dataset, train_events, variant: str, state_dir: Path, seed: int,
+                rqvae_epochs: int | None = None):
+    """The identifier map of `variant` (the RQ-VAE mode), built from the training events only."""
+    from identifiers.build import BuildConfig, build_identifiers
+    from identifiers.rqvae import RQVAEConfig
+
+    epochs = {"epochs": rqvae_epochs} if rqvae_epochs else {}
+    config = BuildConfig(rqvae=RQVAEConfig(mode=ID_MODES[variant], seed=seed, **epochs))
+    return build_identifiers(ds, train_events, config, state_dir, progress=False).idmap
 
 
 def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cache_dir: Path,
@@ -187,8 +191,12 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
         n = len(temporal.cases) if job.split == "temporal" and temporal else len(loo.cases)
         return decode_seconds[0] * n * len(job.protocols)
 
+    build_seconds = [120.0]  # per identifier map: a first guess, then measured
+    built: set[tuple[str, str]] = set()
+
     def run_job(job: Job, sd: SplitData, remaining: list[Job]) -> None:
-        reserve = sum(eval_estimate(j) for j in remaining) + 10
+        unbuilt = {(j.split, j.variant) for j in remaining} - built - {(job.split, job.variant)}
+        reserve = sum(eval_estimate(j) for j in remaining) + build_seconds[0] * len(unbuilt) + 10
 
         def training_seconds() -> float:
             return (clock.left() - reserve) * job.weight / sum(j.weight for j in remaining)
@@ -198,8 +206,12 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
             log(f"skipping {job.name}: budget")
             return
         if job.variant not in sd.idmaps:
-            sd.idmaps[job.variant] = timed(f"{job.split}/ids/{job.variant}", build_ids or build_idmap, ds, sd.split.train,
-                                           job.variant, run_dir / job.split / job.variant, settings.seed)
+            build = build_ids or (lambda *a: build_idmap(*a, rqvae_epochs=settings.rqvae_epochs))
+            started = time.perf_counter()
+            sd.idmaps[job.variant] = timed(f"{job.split}/ids/{job.variant}", build, ds, sd.split.train, job.variant,
+                                           run_dir / job.split / job.variant, settings.seed)
+            build_seconds[0] = time.perf_counter() - started
+            built.add((job.split, job.variant))
         idmap = sd.idmaps[job.variant]
         train_seconds = max(training_seconds(), settings.min_train_seconds)
         train_settings = settings.train.model_copy(update={"max_minutes": train_seconds / 60, "seed": settings.seed})
@@ -228,7 +240,7 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
     if settings.id_ablations:
         # the identifier ablations are compared under the paper protocol only (half the decoding time)
         jobs += [Job(f"gensar-ids-{v}", "leave-one-out", v, settings.mix, ("search", "rec"), settings.weight_ablation,
-                     ("paper",)) for v in ID_VARIANTS[1:]]
+                     ("paper",)) for v in list(ID_MODES)[1:]]
     for i, job in enumerate(jobs):
         if job.split == "temporal" and temporal is None:
             temporal = timed("temporal/prepare", prepare, datasets.temporal_split(ds), lambda c: c.task == "search")
