@@ -26,44 +26,24 @@ import transformers
 from evaluation.generative import GenerativeSystem
 from evaluation.metrics import expected_metrics, rank_counts
 from evaluation.protocols import Case
-from gensar.data import UserEvent
-from gensar.events import InteractionEvent, ModelVersion, SearchEvent, TrainingSample
+from gensar.events import ModelVersion, TrainingSample
 from learner.lora import NonFiniteLoss, merged, save_adapter, tune
 from learner.registry import Manifest, Registry, TrainingWindow
 from learner.settings import LearnerSettings
 from model.artifact import GenSARModel
-from model.tasks import Renderer, Sample
+from model.tasks import Renderer
 from model.train import TrainSettings
 
 GATE_METRICS = ("HR@10", "NDCG@10")
 
 
-# --- from stream samples to what the model and the harness read ------------------------------
-
-
-def history_events(sample: TrainingSample) -> tuple[UserEvent, ...]:
-    """The sample's merged history as events, oldest first."""
-    out: list[UserEvent] = []
-    for i, entry in enumerate(sample.events):
-        common = dict(event_id=f"{sample.event_id}/h{i}", timestamp=entry.timestamp, user_id=sample.user_id)
-        if entry.query is None:
-            out.append(InteractionEvent(item_id=entry.item_id, kind="click", **common))
-        else:
-            out.append(SearchEvent(query=entry.query, clicked_items=[entry.item_id], **common))
-    return tuple(out)
+# --- stream samples in the evaluation harness --------------------------------------------------
 
 
 def as_case(sample: TrainingSample) -> Case:
+    """A held-out sample as a harness case (the renderer reads its HistoryEntry history)."""
     return Case(sample.event_id, sample.task, "recent", sample.user_id, sample.target_item, sample.query,
-                history_events(sample))
-
-
-def as_training(renderer: Renderer, sample: TrainingSample) -> Sample | None:
-    """The model's training sample, or None when the target has no identifier yet."""
-    target = renderer.target_id(sample.task, sample.target_item)
-    if target is None:
-        return None
-    return Sample(sample.task, renderer.source(sample.task, history_events(sample), sample.query), target)
+                tuple(sample.events))
 
 
 # --- the gate ----------------------------------------------------------------------------------
@@ -119,7 +99,7 @@ class Refresher:
             replayed = [s for s in replayed if s.task == self.task]
         cut = max(1, int(len(recent) * (1 - settings.holdout_fraction)))
         train_part, holdout = recent[:cut], recent[cut:]
-        samples = [s for s in (as_training(self.renderer, x) for x in [*train_part, *replayed]) if s is not None]
+        samples = [s for s in map(self.renderer.training_sample, [*train_part, *replayed]) if s is not None]
         times = [s.timestamp for s in train_part]
         window = TrainingWindow(samples=len(samples), first_event_time=min(times, default=None),
                                 last_event_time=max(times, default=None), replayed=len(replayed))

@@ -10,7 +10,6 @@ re-announces the version before it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path

@@ -9,9 +9,8 @@ import random
 import pytest
 
 from gensar.data import event_order, target_item
-from gensar.events import HistoryEntry, InteractionEvent, SearchEvent, TrainingSample
-from identifiers.semantic import item_texts
-from learner.refresh import Refresher, as_training, gate
+from gensar.events import HistoryEntry, InteractionEvent, TrainingSample
+from learner.refresh import Refresher, gate
 from learner.registry import LocalArtifactStore, Registry
 from learner.settings import LearnerSettings, RefreshTraining
 from model.artifact import GenSARModel
@@ -56,7 +55,7 @@ def refresher(base, renderer, tmp_path, **overrides) -> Refresher:
 
 def test_stream_samples_render_like_offline_training(world):
     base, renderer, fresh = world
-    rendered = [as_training(renderer, s) for s in fresh]
+    rendered = [renderer.training_sample(s) for s in fresh]
     assert all(r is not None for r in rendered)
     assert {r.task for r in rendered} == {"rec", "search"}
     assert all(r.source[: len(renderer.prompts["recommend:"])] == renderer.prompts["recommend:"]
