@@ -105,6 +105,10 @@ class GenSARServer:
         return swaps
 
     def _follow_loop(self) -> None:
+        try:  # loading a version yields the CPU to requests (Linux nices threads one by one)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         while not self._stop.wait(self.settings.poll_s):
             try:
                 self.follow()
