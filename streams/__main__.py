@@ -1,0 +1,3 @@
+from streams.cli import app
+
+app(prog_name="python -m streams")

@@ -1,0 +1,355 @@
+"""The Faust app of the stream workers, declared in a fixed order: app, topics, tables,
+agents, web views, timers.
+
+    search-events ─┐                         ┌─▶ training-samples (one per event and target)
+    interactions ──┴─▶ user-events agent ────┤
+                        users, item-stats    └─▶ dead-letter (bad input, with reason and offset)
+    items ──▶ catalogue agent ─▶ catalogue (a global table: every worker holds all of it)
+    items ──▶ CatalogueReplica (each worker's own consumer: decides "unknown item")
+
+Item statistics are counted where the events are, per user partition (key
+"<partition>/<item id>"), so they commit with the events that made them; an item's
+statistics are the sum of its partitions' shares (the read API adds them up). Re-keying
+every use by item instead would double the records a worker handles per event.
+
+Exactly-once (default): Faust runs one Kafka transaction per source partition; the table
+changelog writes and the consumed offsets of that partition commit in it. Faust routes a
+send to the transaction of its *destination* partition, which only works for topics the
+app consumes itself, so our outputs (samples, dead letters) are sent
+explicitly in the transaction of the partition their source event came from. A crash or
+rebalance aborts the open transaction: its outputs never become visible to read_committed
+readers, its offsets are not committed, and the events are processed again. The local
+RocksDB store may then be ahead of the changelog; state updates are idempotent per source
+offset (see streams.state), so re-processing leaves it as it would have been.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import faust
+import mode
+from faust.types import TP
+from aiokafka.partitioner import murmur2
+
+from gensar.events import DeadLetter, InteractionEvent, InvalidEvent, ItemUpsert, SearchEvent, decode
+from gensar.settings import Settings
+from gensar.topics import DEAD_LETTER, INTERACTIONS, ITEMS, SEARCH_EVENTS, TRAINING_SAMPLES, TopicSpec
+from streams.catalogue import CatalogueReplica
+from streams.connection import aiokafka_options, faust_broker
+from streams.metrics import StreamMetrics
+from streams.settings import StreamSettings
+from streams.state import (ItemStats, Record, UserState, apply_item_use, apply_user_event, item_stats_key, items_used,
+                           samples_for)
+
+log = logging.getLogger("gensar.streams")
+
+MAX_DEAD_LETTER_PAYLOAD = 64 * 1024  # characters of the original payload kept in a dead letter
+
+
+def app_id(settings: Settings) -> str:
+    """The consumer group, transactional-id prefix and changelog-topic prefix."""
+    return f"{settings.kafka.topic_prefix}streams"
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{app_id(settings)}-{table}-changelog"
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The Java client's default partitioner (murmur2), as the replay producer uses."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class StreamApp:
+    """One worker's Faust app with its topics, tables, agents and metrics."""
+
+    def __init__(self, settings: Settings, streams: StreamSettings):
+        self.settings, self.streams = settings, streams
+        self.metrics = StreamMetrics()
+        self._next_offset: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
+        self.replica = CatalogueReplica(aiokafka_options(settings.kafka), ITEMS.full_name(settings.kafka),
+                                        ITEMS.partition_count(settings.kafka))
+        kafka = settings.kafka
+        self.app = faust.App(
+            app_id(settings),
+            **faust_broker(kafka),
+            store=streams.store,
+            datadir=str(streams.store_dir(settings)),
+            processing_guarantee=streams.processing_guarantee,
+            broker_commit_interval=streams.commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            topic_partitions=kafka.partitions,
+            topic_replication_factor=kafka.replication_factor,
+            topic_disable_leader=True,  # no extra leader-election topic; the group coordinator suffices
+            table_standby_replicas=0,  # a moved partition is rebuilt from its changelog
+            producer_acks=-1,
+            producer_linger=0.005,  # batch sends for 5 ms instead of one request per record
+            producer_max_batch_size=256 * 1024,  # samples carry histories: 16 KiB batches hold ~10
+            web_enabled=streams.web_port > 0,
+            web_bind=streams.web_host,
+            web_port=streams.web_port,
+            canonical_url=f"http://{streams.web_host}:{streams.web_port}",
+            autodiscover=False,
+            # An agent that raises on anything but bad input (which is dead-lettered) stops
+            # the worker: the open transaction aborts and the event is processed again
+            # after a restart. Faust's default restarts the agent past the event instead.
+            agent_supervisor=mode.CrashingSupervisor,
+        )
+        self._declare_topics()
+        self._declare_tables()
+        self._declare_agents()
+        self._declare_views()
+        self._declare_timers()
+
+    # --- topics ------------------------------------------------------------------------
+
+    def _topic(self, name: str, partitions: int, **kwargs: Any) -> faust.TopicT:
+        return self.app.topic(name, partitions=partitions, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw", allow_empty=True, **kwargs)
+
+    def _declare_topics(self) -> None:
+        kafka = self.settings.kafka
+        self.topic_spec: dict[str, TopicSpec] = {s.full_name(kafka): s for s in (SEARCH_EVENTS, INTERACTIONS, ITEMS)}
+        self.user_events = self.app.topic(  # one stream over both user-keyed topics (co-partitioned)
+            SEARCH_EVENTS.full_name(kafka), INTERACTIONS.full_name(kafka), key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", allow_empty=True)
+        self.items = self._topic(ITEMS.full_name(kafka), ITEMS.partition_count(kafka))
+        self.samples_name = TRAINING_SAMPLES.full_name(kafka)
+        self.dead_letter_name = DEAD_LETTER.full_name(kafka)
+
+    # --- tables ------------------------------------------------------------------------
+
+    def _declare_tables(self) -> None:
+        kafka = self.settings.kafka
+        # Keys and values are bytes, so changelog keys hash like the source records' keys
+        # (Faust routes web requests for a key by that hash).
+        raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes)
+        if self.streams.store.startswith("rocksdb"):  # RocksDB's defaults size a big server (2 GiB cache)
+            raw["options"] = {"write_buffer_size": 16 * 2**20, "block_cache_size": 64 * 2**20}
+        # users: user id -> UserState; co-partitioned with the user-keyed topics.
+        self.users = self.app.Table("users", partitions=kafka.partitions, help="Per-user bounded histories.", **raw)
+        # catalogue: item id -> ItemUpsert, on every worker (any partition may name any item).
+        self.catalogue = self.app.GlobalTable("catalogue", partitions=ITEMS.partition_count(kafka),
+                                              help="The item catalogue.", **raw)
+        # item_stats: "<partition>/<item id>" -> that partition's ItemStats of the item.
+        self.item_stats = self.app.Table("item-stats", partitions=kafka.partitions, help="Running item statistics.",
+                                         **raw)
+        self.user_states = DecodedCache(self.users, UserState)
+        self.item_shares = DecodedCache(self.item_stats, ItemStats)
+        for signal in (self.app.on_partitions_revoked, self.app.on_partitions_assigned):
+            signal.connect(self._forget_cached)
+
+    async def _forget_cached(self, *_args: Any, **_kwargs: Any) -> None:
+        """Partitions moved: recovery rewrites stores behind the caches' back."""
+        self.user_states.clear()
+        self.item_shares.clear()
+
+    # --- agents ------------------------------------------------------------------------
+
+    def _declare_agents(self) -> None:
+        self.app.agent(self.user_events, name="user-events")(self._user_events_agent)
+        self.app.agent(self.items, name="catalogue")(self._catalogue_agent)
+
+    async def _user_events_agent(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            with self._processing(event.message):
+                await self._on_user_event(event.message)
+
+    async def _catalogue_agent(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            with self._processing(event.message):
+                await self._on_item_upsert(event.message)
+
+    def _processing(self, message: faust.types.Message):
+        self._next_offset[(message.topic, message.partition)] = message.offset + 1
+        return self.metrics.processing.labels(message.topic).time()
+
+    async def _on_user_event(self, message: faust.types.Message) -> None:
+        spec = self.topic_spec[message.topic]
+        schema = SearchEvent if spec is SEARCH_EVENTS else InteractionEvent
+        try:
+            event = decode(message.value or b"", schema)
+            _check_key(message, event.user_id)
+            targets = [event.item_id] if isinstance(event, InteractionEvent) else event.clicked_items
+            unknown = await self._unknown_items(targets)
+            if unknown:
+                raise InvalidEvent("unknown-item", f"not in the catalogue: {', '.join(unknown[:5])}")
+            # Read, compute and write the user's state with no await in between: both
+            # topics' events of one user are processed by this one agent, in arrival order.
+            state = self.user_states.get(event.user_id.encode())
+            samples = samples_for(state, event, self.streams.history_length, self.streams.search_history_length)
+        except InvalidEvent as bad:
+            await self._dead_letter(message, bad)
+            return
+        writes = [self.user_states.put(event.user_id.encode(), apply_user_event(
+            state, event, spec.name, message.offset, self.streams.history_length,
+            self.streams.search_history_length))]
+        for item_id in items_used(event):
+            key = item_stats_key(message.partition, item_id)
+            writes.append(self.item_shares.put(key, apply_item_use(self.item_shares.get(key), event, spec.name,
+                                                                   message.offset)))
+        self._write_locally(writes)
+        headers = _source_headers(message)
+        for sample in samples:
+            await self._send(message, self.samples_name, sample.key(), sample.to_bytes(),
+                             partition_for(sample.key(), TRAINING_SAMPLES.partition_count(self.settings.kafka)), headers)
+        await self._send_changelogs(message, writes)
+        self.metrics.events.labels(message.topic, "processed").inc()
+
+    async def _on_item_upsert(self, message: faust.types.Message) -> None:
+        try:
+            item = decode(message.value or b"", ItemUpsert)
+            _check_key(message, item.item_id)
+        except InvalidEvent as bad:
+            await self._dead_letter(message, bad)
+            return
+        writes = [(self.catalogue, item.item_id.encode(), item.to_bytes())]  # the latest upsert wins
+        self._write_locally(writes)
+        await self._send_changelogs(message, writes)
+        self.metrics.events.labels(message.topic, "processed").inc()
+
+    async def _unknown_items(self, item_ids: list[str]) -> list[str]:
+        """Items this worker does not know once it has read every upsert acknowledged
+        before now (so an item produced before the event that names it is known)."""
+        missing = [i for i in item_ids if i not in self.replica.known]
+        if missing:
+            await self.replica.caught_up(self.streams.catalogue_wait_s)
+        return [i for i in missing if i not in self.replica.known]
+
+    # --- outputs -----------------------------------------------------------------------
+
+    async def _dead_letter(self, message: faust.types.Message, bad: InvalidEvent) -> None:
+        payload = message.value or b""
+        text = payload.decode(errors="replace")
+        detail = bad.detail
+        if len(text) > MAX_DEAD_LETTER_PAYLOAD:
+            detail += f" (payload cut to {MAX_DEAD_LETTER_PAYLOAD} of {len(text)} characters)"
+            text = text[:MAX_DEAD_LETTER_PAYLOAD]
+        letter = DeadLetter(reason=bad.reason, detail=detail[:2000], source_topic=message.topic,
+                            source_partition=message.partition, source_offset=message.offset, payload=text,
+                            timestamp=time.time())
+        headers = _source_headers(message)
+        if len(payload) <= MAX_DEAD_LETTER_PAYLOAD:
+            headers.append(("payload", payload))  # the exact original bytes
+        await self._send(message, self.dead_letter_name, letter.key(), letter.to_bytes(), 0, headers)
+        self.metrics.events.labels(message.topic, "dead-lettered").inc()
+        self.metrics.dead_letters.labels(bad.reason).inc()
+
+    def _write_locally(self, writes: list[tuple[faust.Table, bytes, bytes]]) -> None:
+        """Write table entries to this worker's store now (in the current event's
+        partition); their changelog records follow with the event's other outputs."""
+        for table, key, value in writes:
+            table.data[key] = value
+
+    async def _send_changelogs(self, source: faust.types.Message, writes: list[tuple[faust.Table, bytes, bytes]]) -> None:
+        """The changelog records of `writes`, in the source event's transaction. (Faust's
+        own path buffers them and sends one at a time, which costs more than the rest of
+        the processing together.) Once a record is stored, the local store remembers
+        its offset, so a restart recovers only what came after it."""
+        for table, key, value in writes:
+            topic = table.changelog_topic.get_topic_name()
+            future = await self._send(source, topic, key, value, source.partition)
+            future.add_done_callback(partial(_persist_offset, table, TP(topic, source.partition)))
+
+    async def _send(self, source: faust.types.Message, topic: str, key: bytes, value: bytes, partition: int,
+                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
+        """Produce a record; exactly-once: inside the transaction of `source`'s partition."""
+        transactional_id = None
+        if self.app.in_transaction:
+            group = self.app.assignor.group_for_topic(source.topic)
+            transactional_id = f"{self.app.conf.id}-{group}-{source.partition}"  # Faust's own format
+        future = await self.app.producer.send(topic, key, value, partition, None, headers,
+                                              transactional_id=transactional_id)
+        future.add_done_callback(lambda f: f.exception() or self.metrics.events.labels(topic, "produced").inc())
+        return future
+
+    # --- the read interface ------------------------------------------------------------
+
+    def _declare_views(self) -> None:
+        from streams.views import declare_views
+
+        declare_views(self)
+
+    # --- timers ------------------------------------------------------------------------
+
+    def _declare_timers(self) -> None:
+        self.app.task(self._follow_catalogue)
+        self.app.timer(self.streams.lag_interval_s, name="consumer-lag")(self._measure_lag)
+
+    async def _follow_catalogue(self) -> None:
+        try:
+            await self.replica.run()
+        except Exception as exc:  # without it no event could be validated: stop the worker
+            await self.app.crash(exc)
+            raise
+
+    async def _measure_lag(self) -> None:
+        """Lag per assigned source partition: end offset (last stable offset under
+        exactly-once) minus the next offset this worker will process."""
+        consumer = self.app.consumer
+        sources = set(self.topic_spec)
+        for tp in consumer.assignment():
+            if tp.topic not in sources or self.app.assignor.is_standby(tp):
+                continue
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            position = self._next_offset.get((tp.topic, tp.partition))
+            if position is None:
+                position = await consumer.position(tp) or 0
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+
+
+class DecodedCache:
+    """Decoded values of a table's entries, in front of its store (decoding a user's
+    history costs more than the rest of its processing). Only this worker writes the
+    entries of its partitions, through `put`, so the cache stays true until partitions
+    move; then it is emptied."""
+
+    def __init__(self, table: faust.Table, model: type[Record], limit: int = 200_000):
+        self.table, self.model, self.limit = table, model, limit
+        self._values: dict[bytes, Record] = {}
+
+    def get(self, key: bytes) -> Any:
+        value = self._values.get(key)
+        if value is None:
+            value = self._remember(key, self.model.from_bytes(self.table.get(key)))
+        return value
+
+    def put(self, key: bytes, value: Record) -> tuple[faust.Table, bytes, bytes]:
+        """Remember `value`; return the table write to make."""
+        self._remember(key, value)
+        return self.table, key, value.to_bytes()
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def _remember(self, key: bytes, value: Record) -> Record:
+        if len(self._values) >= self.limit:
+            self._values.clear()
+        self._values[key] = value
+        return value
+
+
+def _persist_offset(table: faust.Table, tp: TP, future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        table.data.set_persisted_offset(tp, future.result().offset)
+
+
+def _check_key(message: faust.types.Message, owner: str) -> None:
+    """A record keyed by someone else would land on another partition than its owner's
+    state: refuse it rather than split the owner's state."""
+    if message.key != owner.encode():
+        raise InvalidEvent("key-mismatch", f"record key {message.key!r:.80} is not {owner!r:.80}")
+
+
+def _source_headers(message: faust.types.Message) -> list[tuple[str, bytes]]:
+    """Where an output came from, and when its source was produced (for end-to-end latency)."""
+    return [("source-topic", message.topic.encode()), ("source-partition", str(message.partition).encode()),
+            ("source-offset", str(message.offset).encode()),
+            ("source-timestamp-ms", str(int((message.timestamp or 0) * 1000)).encode())]

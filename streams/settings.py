@@ -1,0 +1,53 @@
+"""Settings of the stream workers. Environment: GENSAR_STREAMS__<FIELD> (e.g.
+GENSAR_STREAMS__HISTORY_LENGTH=100); unknown keys are an error. Kafka settings are the
+shared ones (gensar.settings.KafkaSettings)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gensar.settings import Settings
+
+
+class StreamSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_STREAMS__", extra="forbid")
+
+    # How much of a user's past each table entry and each training sample carries.
+    history_length: int = Field(50, ge=1, le=1000)  # interacted items (the paper's sequences are <= 50)
+    search_history_length: int = Field(20, ge=1, le=1000)  # earlier queries
+    # exactly_once: Kafka transactions (outputs, changelogs and offsets commit together);
+    # at_least_once: faster, but a crash can repeat samples (dedup by source_event_id).
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    # How often offsets are committed (and, exactly-once, transactions closed). Samples
+    # become visible to read_committed consumers at a commit, so this bounds latency.
+    commit_interval_s: float = Field(0.5, gt=0, le=60)
+    # "rocksdb://" (persistent, via rocksdict) or "memory://" (tests of logic only).
+    store: str = "rocksdb://"
+    state_dir: Path | None = None  # table stores; default <state_dir>/streams/<worker name>
+    worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # one store dir per worker
+    web_host: str = "127.0.0.1"  # the table read API (GET /users/{id}/history, ...)
+    web_port: int = Field(6066, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0, le=65535)  # Prometheus exposition; 0 disables it
+    # An interaction naming an item this worker's catalogue does not hold waits this long
+    # for the catalogue to catch up with the items topic before it is dead-lettered.
+    catalogue_wait_s: float = Field(10.0, ge=0, le=600)
+    lag_interval_s: float = Field(2.0, gt=0, le=600)  # how often consumer lag is measured
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def model_post_init(self, _context) -> None:
+        # pydantic-settings ignores environment variables it has no field for; a typo
+        # there must fail as loudly as one in code.
+        prefix = self.model_config["env_prefix"]
+        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix)
+                         and k[len(prefix):].lower() not in type(self).model_fields)
+        if unknown:
+            raise ValueError(f"unknown stream setting(s) in the environment: {', '.join(unknown)}")
+
+    def store_dir(self, settings: Settings) -> Path:
+        return (self.state_dir or settings.state_dir / "streams") / self.worker_name
