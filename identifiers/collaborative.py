@@ -32,7 +32,7 @@ class CollaborativeConfig(BaseModel):
     negatives: int = Field(5, ge=1)
     epochs: int = Field(5, ge=1)
     lr: float = Field(0.025, gt=0)  # word2vec's default, decayed linearly to 1% over the full fit
-    update_lr: float = Field(0.01, gt=0)  # the stream's constant step size
+    update_lr: float = Field(0.025, gt=0)  # the stream's constant step: new evidence weighs like bootstrap evidence
     batch_size: int = Field(4096, ge=1)
     min_count: int = Field(2, ge=1)  # fewer training interactions than this: a cold item
     seed: int = 0
@@ -242,7 +242,8 @@ def next_item_hit_rate(model: Item2Vec, sequences: Mapping[str, Sequence[str]], 
             hits[name].append(expected_hit(scores, model.rows[target], k))
     n = len(hits["popularity"])
     return {"n": n, **{f"hr@{k}_{name}": float(np.mean(h)) if n else 0.0 for name, h in hits.items()},
-            f"hr@{k}_neighbours_minus_popularity_ci95": _paired_ci(hits["neighbours"], hits["popularity"])}
+            **{f"hr@{k}_{name}_minus_popularity_ci95": _paired_ci(hits[name], hits["popularity"])
+               for name in ("neighbours", "sgns")}}
 
 
 def _paired_ci(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -37,8 +37,9 @@ class IdentifierSettings(BaseSettings):
     embedding_cache: Path | None = None  # default <cache_dir>/embeddings
     encode_batch_size: int = Field(64, ge=1)  # MiniLM texts per forward pass
     # Cosine distance between an item's collaborative vector now and when it was coded,
-    # past which it is re-coded in a new map version.
-    drift_threshold: float = Field(0.3, gt=0, le=2)
+    # past which it is re-coded in a new map version. Streaming the last 30% of the
+    # bundled ratings through partial_fit moved 99% of items < 0.06 and 12 of 5,004 > 0.1.
+    drift_threshold: float = Field(0.1, gt=0, le=2)
 
     def cache_path(self) -> Path:
         return self.embedding_cache or Settings().cache_dir / "embeddings"
