@@ -13,10 +13,12 @@ Modules, in the order the data flows:
     collaborative  item2vec (SGNS over user sequences): full fit + incremental updates
     rqvae          the shared/specific residual-quantised VAE
     collisions     unique ids per task: last-level re-assignment, disambiguation level
+    artifacts      atomic, checksummed artifact directories (also used by other parts)
     idmap          IdentifierMap: the versioned artifact (the contract other parts use)
     assign         codes for new items without retraining; re-coding drifted items
     build          the bootstrap: dataset + training events -> BuildResult
     vectors        the Qdrant collection (named vectors semantic/collaborative)
     stats          collision rate, utilisation, perplexity, reconstruction, prefix sharing
     cli            `gensar ids build`, `gensar ids stats`
+    constraints    the prefix structure for constrained decoding (kept with the model part)
 """

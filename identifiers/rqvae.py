@@ -145,7 +145,7 @@ class Levels:
     codes: dict[str, torch.Tensor]  # id ("search"/"rec") -> (B, L) codes, shared levels first
     last_distances: dict[str, torch.Tensor]  # id -> (B, K) distances at its last level
     quantised: dict[str, torch.Tensor]  # task -> (B, latent) ẑ_t
-    residuals: dict[str, list[torch.Tensor]]  # codebook name -> [(B, dim)] the input it quantised (one list per codebook)
+    residuals: dict[str, torch.Tensor]  # codebook name ("shared.0", "semantic.1", ...) -> (B, dim) the input it quantised
     loss: torch.Tensor  # codebook + beta * commitment, summed over levels
 
 
