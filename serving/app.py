@@ -85,6 +85,8 @@ class GenSARServer:
             batched.set_max_batch_size(settings.max_batch_size)
             batched.set_batch_wait_timeout_s(settings.batch_wait_s)
         self.follow()  # the first versions load before the replica reports ready
+        rank = serve.get_replica_context().rank
+        self._stagger = rank.rank * settings.swap_stagger_s if rank is not None else 0.0
         self._stop = threading.Event()
         threading.Thread(target=self._follow_loop, name="gensar-follow-registry", daemon=True).start()
 
@@ -111,6 +113,9 @@ class GenSARServer:
             pass
         while not self._stop.wait(self.settings.poll_s):
             try:
+                self.engine.pins = dict(read_control(self.settings.registry_dir()).pins)
+                if self._stagger and self.engine.due():
+                    time.sleep(self._stagger)
                 self.follow()
             except Exception:  # a bad version or an unreadable registry must not stop serving
                 meters.REFRESH_ERRORS.inc()

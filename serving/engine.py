@@ -78,12 +78,19 @@ class Engine:
         return {task: self.pins.get(task) or self.pins.get("joint") or registry.serving(task) or registry.serving("joint")
                 for task in TASKS}
 
+    def bundle_name(self, version: str | None) -> str:
+        return version or f"base:{self.loader.base_name}"
+
+    def due(self) -> bool:
+        """Would `refresh` swap anything?"""
+        return any(self.slots.get(t) is None or self.slots[t].version != self.bundle_name(v) for t, v in self.wanted().items())
+
     def refresh(self) -> list[Swap]:
         """Load what should serve but does not, beside what serves, then swap it in."""
         with self._refreshing:
             done = []
             for task, version in self.wanted().items():
-                name = version or f"base:{self.loader.base_name}"
+                name = self.bundle_name(version)
                 old = self.slots.get(task)
                 if old is not None and old.version == name:
                     continue

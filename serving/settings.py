@@ -49,6 +49,9 @@ class ServingSettings(BaseSettings):
     state_dir: Path | None = None  # default: GENSAR_STATE_DIR
     base_model: str | None = None  # None: the only base model present
     poll_s: float = Field(2.0, gt=0, le=600)  # how often a replica re-reads the registry
+    # Replica r waits r x this before loading a new version, so replicas do not all load at
+    # once and the others keep full speed (a rolling swap; each answer is still one version).
+    swap_stagger_s: float = Field(1.0, ge=0, le=60)
     # The catalogue (titles, genres, popularity): a dataset directory; default GENSAR_DATA_DIR.
     catalogue: Path | None = None
     # Dense look-up (Qdrant) fused with the generated results for search, so items too new

@@ -116,7 +116,9 @@ def test_cold_users_get_popularity_or_their_search_history(engine):
 def test_per_task_swap_is_independent_and_the_map_travels_with_the_model(engine, world):
     reg = registry(world)
     reg.promote("s1")
+    assert engine.due()
     swaps = engine.refresh()
+    assert not engine.due()
     assert [(s.task, s.old, s.new) for s in swaps] == [("search", "v1", "s1")]
     assert swaps[0].load_seconds > 0 and swaps[0].swap_seconds < 0.01
     assert engine.slots["rec"].version == "v1" and engine.slots["search"].version == "s1"
