@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -224,6 +225,7 @@ def main() -> None:
         serve.delete("gensar")
     serve.shutdown()
     ray.shutdown()
+    shutil.rmtree(root, ignore_errors=True)
     results["cuda"] = "not measured: no GPU in this session (see bench/results/decoding_latency for the decoding rows)"
     write(results)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def main() -> None:
         worker.terminate()
         worker.wait(timeout=60)
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving_state_lag.json").write_text(json.dumps(results, indent=1))
     m, lag = results["machine"], results["lag_ms"]
