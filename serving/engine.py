@@ -115,13 +115,6 @@ class Engine:
 
     # --- answering ----------------------------------------------------------------------
 
-    def answer(self, queries: list[Query]) -> list[Answer]:
-        """A batch of queries of one task."""
-        tasks = {q.task for q in queries}
-        if len(tasks) > 1:
-            raise ValueError(f"a batch holds one task, got {sorted(tasks)}")
-        return self.search(queries) if tasks == {"search"} else self.recommend(queries)
-
     def search(self, queries: list[Query]) -> list[Answer]:
         bundle = self.slots["search"]  # read once: the whole batch is this version
         generated = self._decode(bundle, "search", queries)

@@ -172,3 +172,15 @@ def test_in_flight_batches_finish_on_their_version_during_swaps(engine, world):
     thread.join()
     engine.pin("joint", None)
     assert seen and all(items == reference[version] for version, items in seen)
+
+
+def test_settings_refuse_unknown_keys_and_ambiguous_base_models(tmp_path):
+    with pytest.raises(ValueError, match="surprise"):
+        ServingSettings(surprise=1)
+    with pytest.raises(ValueError):
+        ServingSettings(max_k=101)  # beyond the published schema's limit
+    for name in ("a", "b"):
+        (tmp_path / "models" / "base" / name).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="exactly one base model"):
+        ServingSettings(state_dir=tmp_path).base_dir()
+    assert ServingSettings(state_dir=tmp_path, base_model="b").base_dir() == tmp_path / "models" / "base" / "b"
