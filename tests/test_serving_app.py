@@ -7,7 +7,6 @@ over the published OpenAPI spec yields no 5xx."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -66,7 +65,9 @@ def served(tmp_path_factory):
     world = build_world(root)
     tables = UserTables()
     threading.Thread(target=tables.serve_forever, daemon=True).start()
-    os.environ.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "GENSAR_CACHE_DIR": str(root / "cache")})
+    env = pytest.MonkeyPatch()  # Ray's workers inherit this process' environment at ray.init
+    for key, value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "GENSAR_CACHE_DIR": str(root / "cache")}.items():
+        env.setenv(key, value)
     import ray
     from ray import serve
 
@@ -83,6 +84,7 @@ def served(tmp_path_factory):
     client.close()
     serve.shutdown()
     ray.shutdown()
+    env.undo()
     tables.shutdown()
 
 
