@@ -115,7 +115,7 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     rec = [{"user_id": c.user_id, "k": 10, "history": [target_item(e) for e in c.history][-50:]}
            for c in test if c.task == "rec"]
     search = [{"query": c.query[:200], "k": 10} for c in test if c.task == "search"]
-    overrides = {"state_dir": str(root), "catalogue": str(BUNDLED_DATA), "poll_s": 0.5,
+    overrides = {"state_dir": str(root), "catalogue": str(BUNDLED_DATA), "poll_s": 0.5, "follow_items": False,
                  "streams_url": "http://127.0.0.1:9"}  # no stream workers: bodies carry history
     return overrides, search, rec
 

@@ -65,7 +65,7 @@ def main() -> None:
     worker = subprocess.Popen([sys.executable, "-m", "streams", "run"], env=env, stdout=subprocess.DEVNULL,
                               stderr=open(root / "worker.log", "w"))
     overrides, _, _ = build_world(root / "serving", adapters=1)
-    overrides["streams_url"] = f"http://127.0.0.1:{web_port}"
+    overrides["streams_url"] = f"http://127.0.0.1:{web_port}"  # catalogue from the files (items topic not followed)
     os.environ.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"})
     import ray
     from ray import serve

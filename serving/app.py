@@ -89,6 +89,12 @@ class GenSARServer:
         self._stagger = rank.rank * settings.swap_stagger_s if rank is not None else 0.0
         self._stop = threading.Event()
         threading.Thread(target=self._follow_loop, name="gensar-follow-registry", daemon=True).start()
+        if settings.follow_items:
+            from gensar.settings import Settings
+            from serving.items import follow_items
+
+            threading.Thread(target=follow_items, args=(Settings().kafka, catalogue, dense, self._stop),
+                             name="gensar-follow-items", daemon=True).start()
 
     # --- following the registry ---------------------------------------------------------
 

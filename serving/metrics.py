@@ -19,3 +19,5 @@ USER_STATE_ERRORS = Counter("gensar_serve_user_state_errors_total", "User-state 
                             "(answered as for a user without history)")
 USER_STATE_SECONDS = Histogram("gensar_serve_user_state_seconds", "User-state read latency",
                                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
+ITEMS_ADDED = Counter("gensar_serve_items_added_total", "Items added or re-titled from the items topic while serving")
+ITEMS_INVALID = Counter("gensar_serve_items_invalid_total", "Item records on the items topic that failed validation")

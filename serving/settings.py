@@ -58,6 +58,9 @@ class ServingSettings(BaseSettings):
     # for the model are reachable.
     dense: bool = True
     dense_k: int = Field(20, ge=1, le=K_LIMIT)
+    # Follow the items topic (GENSAR_KAFKA__*): items published while serving join the
+    # catalogue and the dense index at once.
+    follow_items: bool = True
 
     def root(self) -> Path:
         return self.state_dir or Settings().state_dir

@@ -77,7 +77,7 @@ def served(tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     overrides = {"state_dir": str(world.root()), "catalogue": str(world.catalogue_dir()), "poll_s": 0.5, "beam_size": 10,
-                 "max_batch_size": 8, "admin_token": TOKEN, "streams_url": f"http://127.0.0.1:{tables.server_address[1]}"}
+                 "max_batch_size": 8, "admin_token": TOKEN, "follow_items": False, "streams_url": f"http://127.0.0.1:{tables.server_address[1]}"}
     serve.run(build(overrides), name="gensar", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     yield client, world, tables

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gensar.data import leave_one_out, load
+from gensar.events import ItemUpsert
+from gensar.replay import make_producer
+from gensar.topics import ITEMS
 from identifiers.idmap import MapStore
 from learner.lora import LoraSettings, save_adapter, tune
 from learner.registry import LocalArtifactStore, Manifest, Registry, TrainingWindow
@@ -23,6 +27,7 @@ from serving.bundle import BundleError, Loader
 from serving.catalogue import Catalogue
 from serving.dense import DenseIndex
 from serving.engine import Engine, Query
+from serving.items import follow_items
 from serving.settings import ServingSettings
 from test_model import TINY, tiny_model, tiny_world
 
@@ -184,3 +189,30 @@ def test_settings_refuse_unknown_keys_and_ambiguous_base_models(tmp_path):
     with pytest.raises(FileNotFoundError, match="exactly one base model"):
         ServingSettings(state_dir=tmp_path).base_dir()
     assert ServingSettings(state_dir=tmp_path, base_model="b").base_dir() == tmp_path / "models" / "base" / "b"
+
+
+@pytest.mark.integration
+def test_items_published_while_serving_are_found_within_seconds(engine, kafka):
+    """On the real broker: an item upserted on the items topic joins the catalogue and the
+    dense index, so search finds it with its title; a malformed record is skipped."""
+    stop = threading.Event()
+    thread = threading.Thread(target=follow_items, args=(kafka, engine.catalogue, engine.dense, stop), daemon=True)
+    thread.start()
+    producer = make_producer(kafka)
+    topic = ITEMS.full_name(kafka)
+    producer.send(topic, key=b"broken", value=b"{not json").get(timeout=30)
+    item = ItemUpsert(event_id="i-950", timestamp=time.time(), item_id="950", title="xylophone yacht premiere",
+                      fields={"genres": "Musical"})
+    producer.send(topic, key=item.key(), value=item.to_bytes()).get(timeout=30)
+    producer.close()
+    deadline, found = time.monotonic() + 30, []
+    try:
+        while time.monotonic() < deadline and not found:
+            (answer,) = engine.search([Query("search", 10, query="xylophone yacht premiere")])
+            found = [i for i in answer.items if i.id == "950"]
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert found and found[0].title == "xylophone yacht premiere"
+    assert engine.catalogue.genres["950"] == {"musical"}
