@@ -67,6 +67,8 @@ class Engine:
         self.slots: dict[str, Bundle] = {}
         self.pins: dict[str, str | None] = {}  # "joint" | "search" | "rec" -> version
         self.swaps: list[Swap] = []
+        self._seen_log: list[bytes] | None = None
+        self._registry_cache: dict[str, str | None] = {}
         self._refreshing = threading.Lock()
 
     # --- what serves --------------------------------------------------------------------
@@ -74,9 +76,19 @@ class Engine:
     def wanted(self) -> dict[str, str | None]:
         """Per task: its pin, else the joint pin, else the registry's version for the task, else
         the registry's joint one, else None (the base model)."""
-        registry = self.loader.registry
-        return {task: self.pins.get(task) or self.pins.get("joint") or registry.serving(task) or registry.serving("joint")
+        registry = self._registry_choice()
+        return {task: self.pins.get(task) or self.pins.get("joint") or registry[task] or registry["joint"]
                 for task in TASKS}
+
+    def _registry_choice(self) -> dict[str, str | None]:
+        """The registry's serving version per task, recomputed only when its decision log
+        changed (working it out verifies every version's manifest: too much for every poll)."""
+        registry = self.loader.registry
+        log = registry.store.lines("decisions.jsonl")
+        if log != self._seen_log:
+            self._registry_cache = {task: registry.serving(task) for task in ("joint", *TASKS)}
+            self._seen_log = log
+        return self._registry_cache
 
     def bundle_name(self, version: str | None) -> str:
         return version or f"base:{self.loader.base_name}"
