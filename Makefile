@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/gensar demo
 
 test: install
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # the demo's status-page test
 	$(BIN)/python -m pytest
 
 # Re-resolve the pinned environment after editing pyproject.toml.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -140,38 +138,16 @@ def _print_report(report) -> None:
 @app.command()
 def demo(
     data: Optional[Path] = DataOption,
-    limit: Optional[int] = typer.Option(None, help="Replay only the first N user events."),
+    quick: bool = typer.Option(False, "--quick", help="A small slice, short budgets: the whole loop in about 3 minutes."),
+    reset: bool = typer.Option(False, "--reset", help="Start over: delete the demo's state directory first."),
+    state_dir: Optional[Path] = typer.Option(None, help="Where the demo keeps everything; default <state_dir>/demo (or demo-quick)."),
 ) -> None:
-    """The main job. For now: start the local stack, replay the dataset into Kafka and
-    read back what arrived on each topic."""
-    from kafka import KafkaConsumer
+    """The main job: bootstrap on the first part of the data, then replay the rest as a live
+    stream while the system learns online and serves; prequential live vs frozen evaluation,
+    a report at the end. A second run resumes from the state directory."""
+    from demo.cli import main
 
-    from gensar.replay import replay as run_replay, replay_order
-    from gensar.topics import ALL_TOPICS
-    from infra.broker import ensure_topics
-
-    settings = Settings()
-    with console.status("starting the Kafka broker"):
-        status = _broker(settings).start()
-        ensure_topics(status.bootstrap, settings.kafka)
-    settings.kafka.bootstrap_servers = status.bootstrap
-    console.print(f"Kafka broker up at {status.bootstrap}")
-    ds = _load(data, settings, lenient=False)
-    report = run_replay(replay_order(ds, limit), settings.kafka)
-    _print_report(report)
-    consumer = KafkaConsumer(*(t.full_name(settings.kafka) for t in ALL_TOPICS),
-                             bootstrap_servers=status.bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=3000, group_id=None)
-    arrived: Counter = Counter()
-    started = time.perf_counter()
-    for record in consumer:
-        arrived[record.topic] += 1
-    consumer.close()
-    table = Table("topic", "records on the topic (all replays so far)")
-    for spec in ALL_TOPICS:
-        table.add_row(spec.full_name(settings.kafka), f"{arrived[spec.full_name(settings.kafka)]:,}")
-    console.print(table)
-    console.print(f"read back in {time.perf_counter() - started:.1f}s; the broker keeps running (`gensar infra down` stops it)")
+    raise typer.Exit(main(data, quick, reset, state_dir))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Prequential (test-then-train) evaluation: before the system learns from an event, the
+live endpoint and a frozen copy of the bootstrap model predict it, from the same history.
+
+Search events are asked as their query, interactions as the user's next item; a hit is the
+event's item in the top 10. Both are given the user's history explicitly (every earlier
+event of the user, bootstrap part included), so the comparison isolates the model versions
+and does not depend on how far the stream worker has caught up."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gensar.data import UserEvent, target_item
+from serving.engine import Engine, Query
+
+K = 10
+HISTORY = 50  # items per request: the stream workers' default history length
+
+
+def rank_metrics(ranked: list[str], target: str) -> tuple[float, float]:
+    """(hit@10, NDCG@10) of one prediction."""
+    top = ranked[:K]
+    if target not in top:
+        return 0.0, 0.0
+    return 1.0, 1.0 / math.log2(top.index(target) + 2)
+
+
+@dataclass
+class Record:
+    at: float  # wall time
+    event_time: float
+    task: str  # "search" | "rec"
+    live_version: str
+    live_hit: float
+    live_ndcg: float
+    frozen_hit: float
+    frozen_ndcg: float
+
+
+class Histories:
+    """Every user's interacted items so far, oldest first (what both predictors are given)."""
+
+    def __init__(self, events: list[UserEvent] = ()):
+        self.items: dict[str, list[str]] = defaultdict(list)
+        for e in events:
+            self.add(e)
+
+    def add(self, event: UserEvent) -> None:
+        if event.type == "interaction":
+            self.items[event.user_id].append(event.item_id)
+
+    def of(self, user_id: str) -> list[str]:
+        return self.items.get(user_id, [])[-HISTORY:]
+
+
+def frozen_engine(root: Path, data_dir: Path, base_name: str) -> Engine:
+    """An in-process engine over the base model only: it never follows the registry."""
+    from gensar.data import load
+    from serving.bundle import Loader
+    from serving.catalogue import Catalogue
+    from serving.settings import ServingSettings
+
+    settings = ServingSettings(state_dir=root, catalogue=data_dir, base_model=base_name, device="cpu", dense=False)
+    catalogue = Catalogue.of(load(data_dir))
+    loader = Loader(settings, catalogue)
+    engine = Engine(loader, catalogue, None, settings.beam_size)
+    base = loader.load(None)
+    engine.slots = {"search": base, "rec": base}
+    return engine
+
+
+class Evaluator:
+    """Asks both predictors about an event, appends the record to a JSON-lines file."""
+
+    def __init__(self, live_url: str, frozen: Engine, histories: Histories, path: Path):
+        self.client = httpx.Client(base_url=live_url, timeout=60)
+        self.frozen, self.histories, self.path = frozen, histories, path
+        self.records: list[Record] = [Record(**json.loads(line)) for line in path.read_text().splitlines()] \
+            if path.exists() else []
+
+    def predict(self, event: UserEvent, now: float) -> Record:
+        history = self.histories.of(event.user_id)
+        target = target_item(event)
+        if event.type == "search":
+            body = {"query": event.query[:500], "k": K}
+            live = self.client.post("/search", json=body)
+            frozen = self.frozen.search([Query("search", K, query=event.query[:500])])[0]
+        else:
+            body = {"user_id": event.user_id, "k": K, "history": history}
+            live = self.client.post("/recommend", json=body)
+            frozen = self.frozen.recommend([Query("rec", K, history=tuple(history))])[0]
+        live.raise_for_status()
+        answer = live.json()
+        live_hit, live_ndcg = rank_metrics([i["id"] for i in answer["items"]], target)
+        frozen_hit, frozen_ndcg = rank_metrics([i.id for i in frozen.items], target)
+        record = Record(now, event.timestamp, "search" if event.type == "search" else "rec", answer["model_version"],
+                        live_hit, live_ndcg, frozen_hit, frozen_ndcg)
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record.__dict__) + "\n")
+        return record
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def summarize(records: list[Record]) -> dict[str, dict[str, float]]:
+    """Per task: events, live and frozen HR@10 / NDCG@10 over every record."""
+    out = {}
+    for task in ("search", "rec"):
+        rows = [r for r in records if r.task == task]
+        n = len(rows) or 1
+        out[task] = {"events": len(rows),
+                     "live_hr10": sum(r.live_hit for r in rows) / n, "frozen_hr10": sum(r.frozen_hit for r in rows) / n,
+                     "live_ndcg10": sum(r.live_ndcg for r in rows) / n,
+                     "frozen_ndcg10": sum(r.frozen_ndcg for r in rows) / n}
+    return out

@@ -1,0 +1,108 @@
+"""What the demo measured: the summary (live vs frozen per task, freshness, versions and
+gate decisions) as a table on the console and a report (markdown + SVG charts + JSON)."""
+
+from __future__ import annotations
+
+import bisect
+import os
+import statistics
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.table import Table
+
+from demo.plots import prequential_charts
+from demo.prequential import Record, summarize
+
+
+class VersionRow(BaseModel):
+    version: str
+    task: str
+    status: str
+    reason: str
+    samples: int
+    gate: dict[str, dict[str, float]]
+    freshness_s: float | None = None  # newest event learned from -> started serving
+
+
+class Summary(BaseModel):
+    date: str
+    wall_seconds: float
+    tasks: dict[str, dict[str, float]]  # task -> events, live/frozen HR@10 and NDCG@10
+    versions: list[VersionRow]
+    promoted: int
+    served_adapters: list[str]
+    freshness_p50_s: float | None
+    records: int
+
+    @classmethod
+    def collect(cls, root: Path, records: list[Record], first_served: dict[str, dict], produced_at: list,
+                wall_seconds: float) -> "Summary":
+        from learner.registry import LocalArtifactStore, Registry
+
+        registry = Registry(LocalArtifactStore(root / "registry"))
+        started = {v["version"]: v["loaded_at"] for v in first_served.values()}
+        event_times = [p[0] for p in produced_at]
+        rows = []
+        for manifest, decision in registry.versions():
+            lag = None
+            last = manifest.window.last_event_time
+            if manifest.version in started and last is not None and event_times:
+                # the chunk that carried the newest learned event was acknowledged by then
+                i = min(bisect.bisect_left(event_times, last), len(produced_at) - 1)
+                lag = started[manifest.version] - produced_at[i][1]
+            rows.append(VersionRow(version=manifest.version, task=manifest.task, status=decision.status,
+                                   reason=decision.reason, samples=manifest.window.samples, gate=manifest.metrics,
+                                   freshness_s=lag))
+        lags = [r.freshness_s for r in rows if r.freshness_s is not None]
+        promoted = sum(1 for d in registry.decisions() if d.status == "promoted")
+        return cls(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), wall_seconds=wall_seconds,
+                   tasks=summarize(records), versions=rows, promoted=promoted,
+                   served_adapters=sorted({v["version"] for v in first_served.values()
+                                           if not v["version"].startswith("base:")}),
+                   freshness_p50_s=statistics.median(lags) if lags else None, records=len(records))
+
+
+def summary_table(summary: Summary) -> Table:
+    table = Table("task", "events", "live HR@10", "frozen HR@10", "live NDCG@10", "frozen NDCG@10",
+                  title=f"Prequential evaluation ({summary.date}, {summary.wall_seconds / 60:.1f} min)")
+    for task, m in summary.tasks.items():
+        table.add_row(task, str(int(m["events"])), f"{m['live_hr10']:.4f}", f"{m['frozen_hr10']:.4f}",
+                      f"{m['live_ndcg10']:.4f}", f"{m['frozen_ndcg10']:.4f}")
+    fresh = f"{summary.freshness_p50_s:.1f} s" if summary.freshness_p50_s is not None else "n/a"
+    table.caption = (f"versions decided {len(summary.versions)}, promoted {summary.promoted}, adapters served "
+                     f"{', '.join(summary.served_adapters) or 'none'}; freshness p50 {fresh}")
+    return table
+
+
+def markdown(summary: Summary) -> str:
+    lines = [f"# GenSAR Stream demo report ({summary.date})", "",
+             f"Wall time {summary.wall_seconds / 60:.1f} min; {summary.records} prequential predictions.", "",
+             "| task | events | live HR@10 | frozen HR@10 | live NDCG@10 | frozen NDCG@10 |", "|---|---|---|---|---|---|"]
+    for task, m in summary.tasks.items():
+        lines.append(f"| {task} | {int(m['events'])} | {m['live_hr10']:.4f} | {m['frozen_hr10']:.4f} | "
+                     f"{m['live_ndcg10']:.4f} | {m['frozen_ndcg10']:.4f} |")
+    fresh = f"{summary.freshness_p50_s:.1f} s" if summary.freshness_p50_s is not None else "n/a"
+    lines += ["", f"Freshness p50 (newest learned event -> serving): {fresh}. Adapters served: "
+              f"{', '.join(summary.served_adapters) or 'none'}.", "", "## Versions and gate decisions", "",
+              "| version | task | status | samples | freshness s | reason |", "|---|---|---|---|---|---|"]
+    for v in summary.versions:
+        lag = f"{v.freshness_s:.1f}" if v.freshness_s is not None else "-"
+        lines.append(f"| {v.version} | {v.task} | {v.status} | {v.samples} | {lag} | {v.reason} |")
+    lines += ["", "## Prequential HR@10 over the replay", "", "![search](search.svg)", "", "![rec](rec.svg)", ""]
+    return "\n".join(lines)
+
+
+def write_report(directory: Path, summary: Summary, records: list[Record]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"summary.json": summary.model_dump_json(indent=1), "report.md": markdown(summary),
+             **{f"{task}.svg": svg for task, svg in prequential_charts(records).items()}}
+    for name, text in files.items():
+        tmp = directory / (name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / name)
+    return directory / "report.md"

@@ -1,0 +1,137 @@
+"""The demo from start to summary: bootstrap, start the stack, replay with prequential
+evaluation, drain, report. Progress is saved after every replayed chunk, so an interrupted
+demo resumes at the next chunk (events the broker acknowledged are never sent twice: the
+position is saved after the acknowledgement)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+from tqdm import tqdm
+
+from gensar.replay import make_producer, replay
+
+from demo.bootstrap import BASE_NAME, ensure_base_model, ensure_identifiers, prepare_world
+from demo.prequential import Evaluator, Histories, frozen_engine
+from demo.report import Summary, write_report
+from demo.settings import DemoSettings
+from demo.status import StatusServer, create_app
+from demo.stack import Stack
+
+
+def save_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def reset_state(root: Path) -> None:
+    from gensar.settings import BrokerSettings, Settings
+    from infra.broker import KafkaBroker
+
+    if (root / "kafka").exists():
+        ports = json.loads((root / "demo" / "ports.json").read_text()) if (root / "demo" / "ports.json").exists() else {}
+        KafkaBroker(root / "kafka", port=ports.get("broker", 9092), controller_port=ports.get("controller", 9093),
+                    version=BrokerSettings().kafka_version, cache_dir=Settings().cache_dir).stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Versions:
+    """Which version serves, seen from the live endpoint: when each one first answered."""
+
+    def __init__(self, url: str, path: Path):
+        self.url, self.path = url, path
+        self.first_served: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+
+    def poll(self) -> None:
+        models = httpx.get(f"{self.url}/models", timeout=10).json()
+        changed = False
+        for task, served in models["tasks"].items():
+            key = f"{task}:{served['version']}"
+            if key not in self.first_served:
+                self.first_served[key] = {"task": task, "version": served["version"], "loaded_at": served["loaded_at"],
+                                          "seen_at": time.time()}
+                changed = True
+        if changed:
+            save_json(self.path, self.first_served)
+
+
+def adapters_served(versions: Versions) -> list[str]:
+    return [v["version"] for v in versions.first_served.values() if not v["version"].startswith("base:")]
+
+
+def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
+             on_replayed: Callable[[str], None] | None = None) -> Summary:
+    """`on_replayed(status_url)` runs after the replay while everything still serves (tests
+    look at the status page there)."""
+    os.environ.update({"GENSAR_STATE_DIR": str(root), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
+    started = time.time()
+    (root / "demo").mkdir(parents=True, exist_ok=True)
+    world = prepare_world(source, root, settings)
+    log(f"data {world.data_dir}: {len(world.ds.items):,} items; bootstrap {len(world.bootstrap):,} events, "
+        f"stream {len(world.stream):,} events")
+    idmap = ensure_identifiers(world, root, settings, log)
+    ensure_base_model(world, idmap, root, settings, log)
+    progress_path = root / "demo" / "progress.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.exists() else {
+        "catalogue": False, "replayed": 0, "produced_at": []}
+    with Stack(root, world.data_dir, BASE_NAME, settings, log) as stack:
+        producer = make_producer(stack.kafka)
+        status = StatusServer(create_app(root, stack.serve_url, stack.streams_metrics_url), stack.ports["status"]).start()
+        log(f"status page: {status.url}")
+        try:
+            if not progress["catalogue"]:
+                replay(list(world.ds.items.values()), stack.kafka, producer=producer, progress=False)
+                progress["catalogue"] = True
+                save_json(progress_path, progress)
+            done = progress["replayed"]
+            histories = Histories(world.bootstrap + world.stream[:done])
+            evaluator = Evaluator(stack.serve_url, frozen_engine(root, world.data_dir, BASE_NAME), histories,
+                                  root / "demo" / "prequential.jsonl")
+            versions = Versions(stack.serve_url, root / "demo" / "served.json")
+            first_ts, last_ts = world.stream[0].timestamp, world.stream[-1].timestamp
+            speed = max(last_ts - first_ts, 1.0) / settings.replay_seconds  # event seconds per wall second
+            clock0 = time.monotonic() - (world.stream[min(done, len(world.stream) - 1)].timestamp - first_ts) / speed
+            bar = tqdm(total=len(world.stream), initial=done, desc="replay + prequential", unit="ev", mininterval=0.5)
+            while done < len(world.stream):
+                stack.alive()
+                chunk = world.stream[done: done + settings.chunk_events]
+                if (wait := clock0 + (chunk[0].timestamp - first_ts) / speed - time.monotonic()) > 0:
+                    time.sleep(wait)  # the accelerated clock: never ahead of event time
+                versions.poll()
+                for i, event in enumerate(chunk, start=done):
+                    if i % settings.eval_every == 0:
+                        evaluator.predict(event, time.time())  # test ...
+                    histories.add(event)
+                replay(chunk, stack.kafka, producer=producer, progress=False)  # ... then train
+                done += len(chunk)
+                progress["replayed"] = done
+                progress["produced_at"].append([chunk[-1].timestamp, time.time()])
+                save_json(progress_path, progress)
+                bar.update(len(chunk))
+            bar.close()
+            if on_replayed is not None:
+                on_replayed(status.url)
+            log(f"replay done; waiting up to {settings.drain_seconds:.0f}s for the learner's pending refresh")
+            drain_until = time.monotonic() + settings.drain_seconds
+            while time.monotonic() < drain_until and not adapters_served(versions):
+                stack.alive()
+                time.sleep(2)
+                versions.poll()
+            evaluator.close()
+        finally:
+            producer.close()
+            status.stop()
+        summary = Summary.collect(root, evaluator.records, versions.first_served, progress["produced_at"],
+                                  wall_seconds=time.time() - started)
+    write_report(root / "demo" / "report", summary, evaluator.records)
+    return summary

@@ -1,0 +1,31 @@
+"""The demo's knobs: two profiles (full, quick) sized for a 2-core machine."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DemoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: int | None = Field(None, ge=100)  # keep only the N most active items (None: all)
+    bootstrap_fraction: float = Field(0.7, gt=0, lt=1)  # first part by time: identifiers + base model
+    replay_events: int | None = Field(None, ge=1)  # replay at most this many events after the cut
+    replay_seconds: float = Field(300.0, gt=0)  # accelerated clock: the replayed span takes this long
+    chunk_events: int = Field(200, ge=1)  # events produced per step of the replay loop
+    eval_every: int = Field(10, ge=1)  # prequential: every k-th replayed event is predicted first
+    rqvae_epochs: int = Field(100, ge=1)
+    train_minutes: float = Field(4.0, gt=0)  # base model training budget
+    train_epochs: float = Field(3.0, gt=0)
+    refresh_every_samples: int = Field(1500, ge=1)  # learner: refresh cadence during the replay
+    learner_window: int = Field(3000, ge=1)
+    learner_replay: int = Field(3000, ge=0)
+    learner_epochs: float = Field(1.0, gt=0)
+    drain_seconds: float = Field(120.0, ge=0)  # after the replay: wait this long at most for the last refresh
+    qdrant: bool = True  # write the item vectors to embedded Qdrant (minutes on 2 cores)
+
+
+FULL = DemoSettings()
+QUICK = DemoSettings(items=600, replay_events=1500, replay_seconds=30, chunk_events=100, eval_every=10,
+                     rqvae_epochs=20, train_minutes=0.6, train_epochs=2.0, refresh_every_samples=800,
+                     learner_window=1200, learner_replay=1200, drain_seconds=60, qdrant=False)

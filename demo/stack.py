@@ -1,0 +1,148 @@
+"""The running system of the demo, all on loopback: the Kafka broker, Ray (one local
+cluster shared by the learner and Serve), the stream worker and the learner as child
+processes, the Serve app. `Stack` is a context manager: leaving it, by the end of the demo,
+an error or Ctrl-C, stops everything it started, the learner first (it commits only after
+a decision, so nothing is lost), the broker last."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from gensar.settings import BrokerSettings, KafkaSettings, Settings
+from infra.broker import KafkaBroker, ensure_topics, free_port
+from learner.settings import LearnerSettings
+
+from demo.settings import DemoSettings
+
+PORTS = ("broker", "controller", "serve", "streams_web", "streams_metrics", "status")
+
+
+def ports(root: Path) -> dict[str, int]:
+    """Free ports chosen on the first run and kept (the broker's quorum names its port)."""
+    path = root / "demo" / "ports.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    chosen = {name: free_port() for name in PORTS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(chosen))
+    return chosen
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
+
+
+class Stack:
+    def __init__(self, root: Path, data_dir: Path, base_name: str, settings: DemoSettings, log):
+        self.root, self.data_dir, self.base_name, self.settings, self.log = root, data_dir, base_name, settings, log
+        self.ports = ports(root)
+        self.broker = KafkaBroker(root / "kafka", port=self.ports["broker"], controller_port=self.ports["controller"],
+                                  version=BrokerSettings().kafka_version, cache_dir=Settings().cache_dir)
+        self.kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap)
+        self.children: dict[str, subprocess.Popen] = {}
+        self.logs = root / "demo" / "logs"
+        self.serve_url = f"http://127.0.0.1:{self.ports['serve']}"
+        self.streams_url = f"http://127.0.0.1:{self.ports['streams_web']}"
+        self.streams_metrics_url = f"http://127.0.0.1:{self.ports['streams_metrics']}/metrics"
+
+    # --- start ----------------------------------------------------------------------------
+
+    def __enter__(self) -> "Stack":
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        status = self.broker.start()
+        ensure_topics(status.bootstrap, self.kafka)
+        self.log(f"Kafka broker at {status.bootstrap} (data in {status.home})")
+        os.environ["GENSAR_KAFKA__BOOTSTRAP_SERVERS"] = self.broker.bootstrap  # every part, in and out of process
+        self._spawn("streams", [sys.executable, "-m", "streams", "run"], {
+            "GENSAR_STREAMS__WEB_PORT": str(self.ports["streams_web"]),
+            "GENSAR_STREAMS__METRICS_PORT": str(self.ports["streams_metrics"])})
+        self._start_serve()
+        s = self.settings
+        learner = LearnerSettings(refresh_every_samples=s.refresh_every_samples, min_samples=min(200, s.refresh_every_samples),
+                                  window=s.learner_window, replay=s.learner_replay, refresh_every_seconds=60.0,
+                                  metrics_port=0)
+        env = {f"GENSAR_LEARNER__{k.upper()}": str(v) for k, v in learner.model_dump(include={
+            "refresh_every_samples", "min_samples", "window", "replay", "refresh_every_seconds", "metrics_port"}).items()}
+        env["GENSAR_LEARNER__TRAINING__EPOCHS"] = str(s.learner_epochs)
+        env["RAY_ADDRESS"] = self.ray_address
+        self._spawn("learner", [sys.executable, "-m", "gensar.cli", "learner", "--base", self.base_name,
+                                "--data", str(self.data_dir)], env)
+        wait_for(lambda: httpx.get(f"{self.streams_url}/users/nobody/history", timeout=1).status_code == 404, 120,
+                 "the stream worker's read API")
+        self.log(f"stream worker at {self.streams_url}, learner (pid {self.children['learner'].pid}) on Ray "
+                 f"{self.ray_address}, Serve app at {self.serve_url}")
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        log = open(self.logs / f"{name}.log", "a")
+        self.children[name] = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _start_serve(self) -> None:
+        import ray
+        from ray import serve
+
+        from infra.ray_local import ensure_ray
+        from serving.app import build
+
+        ensure_ray(num_cpus=4)  # logical CPUs: the Serve replica and the learner's actors share 2 cores
+        self.ray_address = ray.get_runtime_context().gcs_address
+        serve.start(http_options={"host": "127.0.0.1", "port": self.ports["serve"]})
+        overrides = {"state_dir": str(self.root), "catalogue": str(self.data_dir), "base_model": self.base_name,
+                     "streams_url": self.streams_url, "poll_s": 1.0, "dense": False, "replica_cpus": 1.0,
+                     "device": "cpu"}
+        serve.run(build(overrides), name="gensar", route_prefix="/")
+        wait_for(lambda: httpx.get(f"{self.serve_url}/readyz", timeout=5).status_code == 200, 300, "the Serve app")
+
+    def alive(self) -> None:
+        """Raise if a child process died (its log says why)."""
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                raise RuntimeError(f"the {name} process exited with code {child.returncode}; see {self.logs / name}.log")
+
+    # --- stop -----------------------------------------------------------------------------
+
+    def __exit__(self, *_exc) -> None:
+        for name in ("learner", "streams"):  # the learner first: it stops consuming before samples stop
+            child = self.children.get(name)
+            if child is None or child.poll() is not None:
+                continue
+            child.send_signal(signal.SIGINT if name == "learner" else signal.SIGTERM)
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.log(f"the {name} process did not stop within 60 s: killed")
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        try:
+            import ray
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
+        finally:
+            self.broker.stop()
