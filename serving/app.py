@@ -68,7 +68,8 @@ class GenSARServer:
     def __init__(self, overrides: dict | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from gensar.data import load
-        from identifiers.settings import IdentifierSettings
+        from identifiers.settings import IdentifierSettings, QdrantSettings
+        from identifiers.vectors import ItemVectorStore
         from serving.bundle import Loader
         from serving.catalogue import Catalogue
         from serving.dense import DenseIndex
@@ -78,7 +79,9 @@ class GenSARServer:
         catalogue = Catalogue.of(load(settings.catalogue_dir()))
         self.genres = set(catalogue.all_genres())
         loader = Loader(settings, catalogue)
-        dense = DenseIndex(catalogue, IdentifierSettings().cache_path(), loader.device) if settings.dense else None
+        qdrant = QdrantSettings()
+        shared = ItemVectorStore(qdrant) if settings.dense and qdrant.url else None  # a server: the identifiers' collection
+        dense = DenseIndex(catalogue, IdentifierSettings().cache_path(), loader.device, shared) if settings.dense else None
         self.engine = Engine(loader, catalogue, dense, settings.beam_size, settings.dense_k)
         self.users = UserState(settings.streams_url, settings.streams_timeout_s)
         for batched in (self._search_batch, self._recommend_batch):

@@ -216,3 +216,21 @@ def test_items_published_while_serving_are_found_within_seconds(engine, kafka):
         thread.join(timeout=10)
     assert found and found[0].title == "xylophone yacht premiere"
     assert engine.catalogue.genres["950"] == {"musical"}
+
+
+def test_with_a_shared_collection_the_look_up_reads_the_identifiers_item_vectors(engine, tmp_path):
+    """The identifiers part's collection (identifiers.vectors, here embedded on a path; a
+    Qdrant server in a deployment) answers the look-up, including items only it knows."""
+    from identifiers.semantic import SemanticEncoder
+    from identifiers.settings import QdrantSettings
+    from identifiers.vectors import ItemVectorStore
+
+    titles = {"961": "quokka harbour festival", "5": engine.catalogue.titles["5"]}
+    encoder = SemanticEncoder(tmp_path / "embeddings", progress=False)
+    semantic = encoder.encode(list(titles.values()))
+    with ItemVectorStore(QdrantSettings(path=tmp_path / "qdrant")) as store:
+        store.upsert_items(list(titles), list(titles.values()), semantic, np.eye(2, 8, dtype=np.float32))
+        dense = DenseIndex(engine.catalogue, tmp_path / "embeddings", shared=store)
+        dense.add("961", "ignored: the identifiers part writes the shared collection")
+        (hits,) = dense.lookup(["quokka harbour festival"], k=2)
+    assert hits[0][0] == "961" and hits[0][1] > hits[1][1]
