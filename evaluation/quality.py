@@ -50,10 +50,15 @@ class QualitySettings(BaseModel):
     single_task: bool = True
     id_ablations: bool = True
     sasrec_seconds: float = Field(90.0, gt=0)
-    # CPU threads for torch. On a shared 2-core machine OpenMP threads spin-wait for each
-    # other: 1 thread trained 3x faster than 2 and small index ops ran 100x faster (measured).
+    # CPU threads for torch. On a 2-core machine shared with other jobs (load 5+), OpenMP
+    # threads spin-wait for each other: 1 thread trained 3x faster than 2 and small index ops
+    # ran 100x faster; on a quiet machine 2 threads are faster
+    # (bench/results/quality_training_throughput.md). `--threads` chooses.
     torch_threads: int = Field(1, ge=1)
     min_train_seconds: float = Field(60.0, gt=0)  # a model that would get less is skipped
+    # first guesses for budgeting, replaced by measurements as the run goes (bundled data)
+    guess_build_seconds: float = Field(120.0, ge=0)  # one identifier map
+    guess_temporal_prepare_seconds: float = Field(150.0, ge=0)  # temporal cases + search baselines
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings(epochs=50)  # the time budget decides
     mix: TaskMix = TaskMix()
@@ -191,12 +196,14 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
         n = len(temporal.cases) if job.split == "temporal" and temporal else len(loo.cases)
         return decode_seconds[0] * n * len(job.protocols)
 
-    build_seconds = [120.0]  # per identifier map: a first guess, then measured
+    build_seconds = [settings.guess_build_seconds]  # per identifier map, then measured
     built: set[tuple[str, str]] = set()
 
     def run_job(job: Job, sd: SplitData, remaining: list[Job]) -> None:
         unbuilt = {(j.split, j.variant) for j in remaining} - built - {(job.split, job.variant)}
         reserve = sum(eval_estimate(j) for j in remaining) + build_seconds[0] * len(unbuilt) + 10
+        if temporal is None and any(j.split == "temporal" for j in remaining):
+            reserve += settings.guess_temporal_prepare_seconds
 
         def training_seconds() -> float:
             return (clock.left() - reserve) * job.weight / sum(j.weight for j in remaining)

@@ -42,6 +42,7 @@ def test_quality_run_writes_tidy_rows_for_every_system(tmp_path):
         return idmap
 
     settings = QualitySettings(budget_minutes=3, sasrec_seconds=3, id_ablations=False, beam_size=10, min_train_seconds=5,
+                               guess_build_seconds=1, guess_temporal_prepare_seconds=10,
                                model=ModelSettings(d_model=32, layers=1, heads=2, d_ff=64),
                                render=RenderSettings(history_events=4, max_source_tokens=40))
     report = run_quality(tmp_path / "data", settings, tmp_path / "state", tmp_path / "cache", log=lambda _: None,
