@@ -8,5 +8,6 @@ Modules, in the order the data flows:
     train      train_step / train: CPU or CUDA, progress bars, checkpoints, resumable
     generate   batched beam search constrained to valid identifiers
     artifact   save / load with the identifier-map version it was trained against
+    recipe     dataset split + identifier map -> trained GenSARModel (used by the CLI and benchmarks)
     cli        `gensar model train`
 """
