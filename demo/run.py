@@ -109,7 +109,7 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                     time.sleep(wait)  # the accelerated clock: never ahead of event time
                 versions.poll()
                 for i, event in enumerate(chunk, start=done):
-                    if i % settings.eval_every == 0:
+                    if event.type == "search" or i % settings.eval_every == 0:  # searches are rare: all
                         evaluator.predict(event, time.time())  # test ...
                     histories.add(event)
                 replay(chunk, stack.kafka, producer=producer, progress=False)  # ... then train

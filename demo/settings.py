@@ -13,7 +13,7 @@ class DemoSettings(BaseModel):
     replay_events: int | None = Field(None, ge=1)  # replay at most this many events after the cut
     replay_seconds: float = Field(300.0, gt=0)  # accelerated clock: the replayed span takes this long
     chunk_events: int = Field(200, ge=1)  # events produced per step of the replay loop
-    eval_every: int = Field(10, ge=1)  # prequential: every k-th replayed event is predicted first
+    eval_every: int = Field(10, ge=1)  # prequential: every search and every k-th interaction is predicted first
     rqvae_epochs: int = Field(100, ge=1)
     train_minutes: float = Field(4.0, gt=0)  # base model training budget
     train_epochs: float = Field(3.0, gt=0)
@@ -25,7 +25,7 @@ class DemoSettings(BaseModel):
     qdrant: bool = True  # write the item vectors to embedded Qdrant (minutes on 2 cores)
 
 
-FULL = DemoSettings()
+FULL = DemoSettings(items=3000, replay_events=12000, eval_every=15, rqvae_epochs=50)
 QUICK = DemoSettings(items=600, replay_events=1500, replay_seconds=30, chunk_events=100, eval_every=10,
-                     rqvae_epochs=20, train_minutes=0.6, train_epochs=2.0, refresh_every_samples=800,
-                     learner_window=1200, learner_replay=1200, drain_seconds=60, qdrant=False)
+                     rqvae_epochs=20, train_minutes=0.6, train_epochs=2.0, refresh_every_samples=300,
+                     learner_window=600, learner_replay=600, drain_seconds=60, qdrant=False)

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from gensar.settings import BrokerSettings, KafkaSettings, Settings
 from infra.broker import KafkaBroker, ensure_topics, free_port
@@ -22,6 +24,7 @@ from learner.settings import LearnerSettings
 
 from demo.settings import DemoSettings
 
+LEARNER_GROUP = "gensar-learner"  # learner.service.run's default consumer group
 PORTS = ("broker", "controller", "serve", "streams_web", "streams_metrics", "status")
 
 
@@ -42,7 +45,7 @@ def wait_for(check, timeout: float, what: str) -> None:
         try:
             if check():
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, KafkaError):  # not up yet
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
@@ -80,7 +83,7 @@ class Stack:
         self._spawn("streams", [sys.executable, "-m", "streams", "run"], {
             "GENSAR_STREAMS__WEB_PORT": str(self.ports["streams_web"]),
             "GENSAR_STREAMS__METRICS_PORT": str(self.ports["streams_metrics"])})
-        self._start_serve()
+        self._start_ray()
         s = self.settings
         learner = LearnerSettings(refresh_every_samples=s.refresh_every_samples, min_samples=min(200, s.refresh_every_samples),
                                   window=s.learner_window, replay=s.learner_replay, refresh_every_seconds=60.0,
@@ -91,8 +94,10 @@ class Stack:
         env["RAY_ADDRESS"] = self.ray_address
         self._spawn("learner", [sys.executable, "-m", "gensar.cli", "learner", "--base", self.base_name,
                                 "--data", str(self.data_dir)], env)
+        self._start_serve()  # the learner's start overlaps the replica's model loading
         wait_for(lambda: httpx.get(f"{self.streams_url}/users/nobody/history", timeout=1).status_code == 404, 120,
                  "the stream worker's read API")
+        wait_for(self.learner_joined, 300, "the learner's sample consumer")
         self.log(f"stream worker at {self.streams_url}, learner (pid {self.children['learner'].pid}) on Ray "
                  f"{self.ray_address}, Serve app at {self.serve_url}")
 
@@ -101,21 +106,35 @@ class Stack:
         self.children[name] = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def _start_serve(self) -> None:
+    def _start_ray(self) -> None:
         import ray
-        from ray import serve
 
         from infra.ray_local import ensure_ray
-        from serving.app import build
 
         ensure_ray(num_cpus=4)  # logical CPUs: the Serve replica and the learner's actors share 2 cores
         self.ray_address = ray.get_runtime_context().gcs_address
+
+    def _start_serve(self) -> None:
+        from ray import serve
+
+        from serving.app import build
+
         serve.start(http_options={"host": "127.0.0.1", "port": self.ports["serve"]})
         overrides = {"state_dir": str(self.root), "catalogue": str(self.data_dir), "base_model": self.base_name,
                      "streams_url": self.streams_url, "poll_s": 1.0, "dense": False, "replica_cpus": 1.0,
                      "device": "cpu"}
         serve.run(build(overrides), name="gensar", route_prefix="/")
         wait_for(lambda: httpx.get(f"{self.serve_url}/readyz", timeout=5).status_code == 200, 300, "the Serve app")
+
+    def learner_joined(self) -> bool:
+        """Has the learner's intake joined its consumer group? (Replaying before that would
+        leave the whole stream to one late refresh.)"""
+        self.alive()
+        admin = KafkaAdminClient(**self.kafka.client_options(), client_id="gensar-demo")
+        try:
+            return bool(admin.describe_groups([LEARNER_GROUP]).get(LEARNER_GROUP, {}).get("members"))
+        finally:
+            admin.close()
 
     def alive(self) -> None:
         """Raise if a child process died (its log says why)."""

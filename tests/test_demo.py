@@ -40,8 +40,9 @@ def test_quick_demo_end_to_end(bundled_data, tmp_path):
     seen: dict[str, str] = {}
 
     def look_at_status_page(url: str) -> None:
-        seen["dom"] = browse(f"{url}/?q=comedy&user=1", tmp_path / "chromium", "--dump-dom")
-        browse(url, tmp_path / "chromium-shot", f"--screenshot={tmp_path / 'status.png'}")
+        page = f"{url}/?q=comedy&user=1"
+        seen["dom"] = browse(page, tmp_path / "chromium", "--dump-dom")
+        browse(page, tmp_path / "chromium-shot", f"--screenshot={tmp_path / 'status.png'}")
 
     summary = run_demo(bundled_data, root, QUICK, on_replayed=look_at_status_page)
 
