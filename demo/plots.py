@@ -6,6 +6,7 @@ from __future__ import annotations
 from html import escape
 
 COLOURS = {"live": "#1f77b4", "frozen": "#ff7f0e"}
+DASHES = {"frozen": "5,3"}  # dashed: where live and frozen agree, both stay visible
 
 
 def rolling(values: list[float], window: int) -> list[float]:
@@ -39,7 +40,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], width: 
         colour = COLOURS.get(name, "#2ca02c")
         if points:
             path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(points))
-            parts.append(f'<path class="series" d="{path}" fill="none" stroke="{colour}" stroke-width="1.8"/>')
+            dash = f' stroke-dasharray="{DASHES[name]}"' if name in DASHES else ""
+            parts.append(f'<path class="series" d="{path}" fill="none" stroke="{colour}" stroke-width="1.8"{dash}/>')
         parts.append(f'<text x="{width - pad_r - 150 + 70 * i}" y="14" fill="{colour}">■ {escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
