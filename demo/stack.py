@@ -25,6 +25,7 @@ from learner.settings import LearnerSettings
 from demo.settings import DemoSettings
 
 LEARNER_GROUP = "gensar-learner"  # learner.service.run's default consumer group
+MAX_RESTARTS = 3  # child restarts per demo run
 PORTS = ("broker", "controller", "serve", "streams_web", "streams_metrics", "status")
 
 
@@ -59,6 +60,8 @@ class Stack:
                                   version=BrokerSettings().kafka_version, cache_dir=Settings().cache_dir)
         self.kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap)
         self.children: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self.restarts = 0
         self.logs = root / "demo" / "logs"
         self.serve_url = f"http://127.0.0.1:{self.ports['serve']}"
         self.streams_url = f"http://127.0.0.1:{self.ports['streams_web']}"
@@ -102,6 +105,7 @@ class Stack:
                  f"{self.ray_address}, Serve app at {self.serve_url}")
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        self.commands[name] = (cmd, env)
         log = open(self.logs / f"{name}.log", "a")
         self.children[name] = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL, start_new_session=True)
@@ -137,10 +141,16 @@ class Stack:
             admin.close()
 
     def alive(self) -> None:
-        """Raise if a child process died (its log says why)."""
-        for name, child in self.children.items():
-            if child.poll() is not None:
+        """Restart a child process that died, as a supervisor would (both parts resume from
+        their committed state); raise after MAX_RESTARTS (its log says why)."""
+        for name, child in list(self.children.items()):
+            if child.poll() is None:
+                continue
+            if self.restarts >= MAX_RESTARTS:
                 raise RuntimeError(f"the {name} process exited with code {child.returncode}; see {self.logs / name}.log")
+            self.restarts += 1
+            self.log(f"the {name} process exited with code {child.returncode}: restarting it")
+            self._spawn(name, *self.commands[name])
 
     # --- stop -----------------------------------------------------------------------------
 
