@@ -217,6 +217,23 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, specs: tuple[TopicSpec, 
                 created.append(name)
             except TopicAlreadyExistsError:  # created concurrently
                 pass
+        _wait_until_visible(admin, {spec.full_name(kafka): spec.partition_count(kafka) for spec in specs})
         return created
     finally:
         admin.close()
+
+
+def _wait_until_visible(admin: KafkaAdminClient, partitions: dict[str, int], timeout: float = 60.0) -> None:
+    """Topic creation returns before every broker's metadata shows the topic (a loaded
+    machine makes that visible): wait until each topic has all its partitions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        described = {t["name"]: t for t in admin.describe_topics(list(partitions))}
+        missing = [name for name, count in partitions.items()
+                   if described.get(name, {}).get("error_code", 1) != 0
+                   or len(described[name]["partitions"]) != count]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics not visible with all partitions after {timeout:.0f}s: {', '.join(missing)}")
+        time.sleep(0.2)
