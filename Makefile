@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test test-all lock clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: install
 
 test: install
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # the demo's status-page test
+	$(BIN)/python -m pytest -m "not slow"
+
+# Everything, including the slow tests (the demo's Ctrl-C-and-resume run, ~10 min).
+test-all: install
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest
 
 # Re-resolve the pinned environment after editing pyproject.toml.

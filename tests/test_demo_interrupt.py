@@ -34,6 +34,7 @@ def processes_of(state_dir: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(bundled_data, tmp_path):
     state = str(tmp_path / "state")
