@@ -12,15 +12,16 @@ Item statistics are counted where the events are, per user partition (key
 statistics are the sum of its partitions' shares (the read API adds them up). Re-keying
 every use by item instead would double the records a worker handles per event.
 
-Exactly-once (default): Faust runs one Kafka transaction per source partition; the table
-changelog writes and the consumed offsets of that partition commit in it. Faust routes a
-send to the transaction of its *destination* partition, which only works for topics the
-app consumes itself, so our outputs (samples, dead letters) are sent
-explicitly in the transaction of the partition their source event came from. A crash or
-rebalance aborts the open transaction: its outputs never become visible to read_committed
-readers, its offsets are not committed, and the events are processed again. The local
-RocksDB store may then be ahead of the changelog; state updates are idempotent per source
-offset (see streams.state), so re-processing leaves it as it would have been.
+Exactly-once (default): one Kafka transaction per source partition holds the event's
+samples and dead letters, the changelog records of its table writes, and its consumed
+offset. Faust would route a send to the transaction of its *destination* partition,
+which only works for topics the app itself consumes, so every output is sent explicitly
+in the transaction of the partition its source event came from, and transactions are
+committed at event boundaries (streams.transactions). A crash or a rebalance aborts the
+open transaction: its outputs never become visible to read_committed readers, its
+offsets are not committed, and the events are processed again. State updates are also
+idempotent per source offset (streams.state), and a worker starts from the committed
+changelogs rather than a local store that may be ahead of them (streams.worker).
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ from aiokafka.partitioner import murmur2
 from gensar.events import DeadLetter, InteractionEvent, InvalidEvent, ItemUpsert, SearchEvent, decode
 from gensar.settings import Settings
 from gensar.topics import DEAD_LETTER, INTERACTIONS, ITEMS, SEARCH_EVENTS, TRAINING_SAMPLES, TopicSpec
+from streams import faust_fixes
 from streams.catalogue import CatalogueReplica
+from streams.delivery import InOrderDelivery, Verdict
 from streams.connection import aiokafka_options, faust_broker
 from streams.metrics import StreamMetrics
 from streams.settings import StreamSettings
+from streams.transactions import Transactions
 from streams.state import (ItemStats, Record, UserState, apply_item_use, apply_user_event, item_stats_key, items_used,
                            samples_for)
 
@@ -70,19 +74,25 @@ class StreamApp:
 
     def __init__(self, settings: Settings, streams: StreamSettings):
         self.settings, self.streams = settings, streams
+        faust_fixes.apply(settings.kafka)
         self.metrics = StreamMetrics()
-        self._next_offset: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
         self.replica = CatalogueReplica(aiokafka_options(settings.kafka), ITEMS.full_name(settings.kafka),
                                         ITEMS.partition_count(settings.kafka))
         kafka = settings.kafka
+        exactly_once = streams.processing_guarantee == "exactly_once"
         self.app = faust.App(
             app_id(settings),
             **faust_broker(kafka),
             store=streams.store,
             datadir=str(streams.store_dir(settings)),
             processing_guarantee=streams.processing_guarantee,
-            broker_commit_interval=streams.commit_interval_s,
+            # Exactly-once commits at event boundaries (streams.transactions); Faust's own
+            # commits then only run on rebalance and shutdown.
+            broker_commit_interval=streams.commit_interval_s if not exactly_once else 24 * 3600.0,
+            broker_commit_every=10_000 if not exactly_once else 2**62,
             consumer_auto_offset_reset="earliest",
+            broker_session_timeout=streams.session_timeout_s,
+            broker_heartbeat_interval=streams.session_timeout_s / 5,
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
             topic_disable_leader=True,  # no extra leader-election topic; the group coordinator suffices
@@ -100,6 +110,8 @@ class StreamApp:
             # after a restart. Faust's default restarts the agent past the event instead.
             agent_supervisor=mode.CrashingSupervisor,
         )
+        self.transactions = Transactions(self.app, streams.commit_interval_s)
+        self.delivery = InOrderDelivery(kafka, self.app.conf.id)
         self._declare_topics()
         self._declare_tables()
         self._declare_agents()
@@ -141,10 +153,18 @@ class StreamApp:
                                          **raw)
         self.user_states = DecodedCache(self.users, UserState)
         self.item_shares = DecodedCache(self.item_stats, ItemStats)
-        for signal in (self.app.on_partitions_revoked, self.app.on_partitions_assigned):
-            signal.connect(self._forget_cached)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
 
-    async def _forget_cached(self, *_args: Any, **_kwargs: Any) -> None:
+    async def _on_revoked(self, *_args: Any, **_kwargs: Any) -> None:
+        self._forget_cached()
+
+    async def _on_assigned(self, _sender: Any, assigned: set[TP], **_kwargs: Any) -> None:
+        self.transactions.take_over_consumer_commits()  # the consumer exists from the first assignment
+        self._forget_cached()
+        await self.delivery.assigned({tp for tp in assigned if tp.topic in self.topic_spec})
+
+    def _forget_cached(self) -> None:
         """Partitions moved: recovery rewrites stores behind the caches' back."""
         self.user_states.clear()
         self.item_shares.clear()
@@ -157,16 +177,29 @@ class StreamApp:
 
     async def _user_events_agent(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
-            with self._processing(event.message):
-                await self._on_user_event(event.message)
+            if await self._admitted(event.message):
+                async with self.transactions.event(event.message):
+                    with self._processing(event.message):
+                        await self._on_user_event(event.message)
 
     async def _catalogue_agent(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
-            with self._processing(event.message):
-                await self._on_item_upsert(event.message)
+            if await self._admitted(event.message):
+                async with self.transactions.event(event.message):
+                    with self._processing(event.message):
+                        await self._on_item_upsert(event.message)
+
+    async def _admitted(self, message: faust.types.Message) -> bool:
+        """Whether to process `message` now (see streams.delivery)."""
+        verdict = self.delivery.admit(message)
+        if verdict is Verdict.REWIND:
+            await self.app.consumer.seek_wait({message.tp: self.delivery.expected[message.tp]})
+            self.metrics.events.labels(message.topic, "rewound").inc()
+        elif verdict is Verdict.SKIP:
+            self.metrics.events.labels(message.topic, "repeated").inc()
+        return verdict is Verdict.PROCESS
 
     def _processing(self, message: faust.types.Message):
-        self._next_offset[(message.topic, message.partition)] = message.offset + 1
         return self.metrics.processing.labels(message.topic).time()
 
     async def _on_user_event(self, message: faust.types.Message) -> None:
@@ -259,12 +292,8 @@ class StreamApp:
     async def _send(self, source: faust.types.Message, topic: str, key: bytes, value: bytes, partition: int,
                     headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
         """Produce a record; exactly-once: inside the transaction of `source`'s partition."""
-        transactional_id = None
-        if self.app.in_transaction:
-            group = self.app.assignor.group_for_topic(source.topic)
-            transactional_id = f"{self.app.conf.id}-{group}-{source.partition}"  # Faust's own format
         future = await self.app.producer.send(topic, key, value, partition, None, headers,
-                                              transactional_id=transactional_id)
+                                              transactional_id=self.transactions.transactional_id(source))
         future.add_done_callback(lambda f: f.exception() or self.metrics.events.labels(topic, "produced").inc())
         return future
 
@@ -279,6 +308,7 @@ class StreamApp:
 
     def _declare_timers(self) -> None:
         self.app.task(self._follow_catalogue)
+        self.app.timer(self.streams.commit_interval_s / 2, name="commit-idle")(self.transactions.commit_idle)
         self.app.timer(self.streams.lag_interval_s, name="consumer-lag")(self._measure_lag)
 
     async def _follow_catalogue(self) -> None:
@@ -299,7 +329,7 @@ class StreamApp:
             end = consumer.highwater(tp)
             if end is None:
                 continue
-            position = self._next_offset.get((tp.topic, tp.partition))
+            position = self.delivery.expected.get(tp)
             if position is None:
                 position = await consumer.position(tp) or 0
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from gensar.settings import KafkaSettings, Settings
 from gensar.topics import INTERACTIONS, ITEMS, SEARCH_EVENTS
@@ -77,7 +78,10 @@ def unprocessed(settings: Settings) -> dict[TopicPartition, int]:
     consumer = KafkaConsumer(**settings.kafka.client_options(), group_id=None,
                              enable_auto_commit=False, isolation_level="read_committed")
     try:
-        committed = admin.list_group_offsets({app_id(settings): None}).get(app_id(settings), {})
+        try:
+            committed = admin.list_group_offsets({app_id(settings): None}).get(app_id(settings), {})
+        except KafkaError:  # e.g. no coordinator yet on a fresh broker: nothing known to be processed
+            committed = {}
         partitions = [TopicPartition(t, p) for t in source_topics(settings)
                       for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = consumer.end_offsets(partitions)

@@ -26,6 +26,9 @@ class StreamSettings(BaseSettings):
     # How often offsets are committed (and, exactly-once, transactions closed). Samples
     # become visible to read_committed consumers at a commit, so this bounds latency.
     commit_interval_s: float = Field(0.5, gt=0, le=60)
+    # A worker that dies without leaving the group (SIGKILL, a lost node) holds its
+    # partitions this long before the group hands them on.
+    session_timeout_s: float = Field(10.0, ge=3, le=300)
     # "rocksdb://" (persistent, via rocksdict) or "memory://" (tests of logic only).
     store: str = "rocksdb://"
     state_dir: Path | None = None  # table stores; default <state_dir>/streams/<worker name>

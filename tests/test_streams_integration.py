@@ -1,0 +1,386 @@
+"""Stream workers on the real broker, run as real processes (`python -m streams run`).
+
+The expected state is computed here, directly from the dataset, without the workers'
+code: per user the latest histories in event order and the event counts, per item the
+usage counts, and per event the samples it must yield with their point-in-time histories.
+Every run is then compared with it exactly: the tables as their changelogs hold them,
+the samples and dead letters as a read_committed consumer sees them (by event id)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gensar.data import event_order, load
+from gensar.events import DeadLetter, InteractionEvent, TrainingSample
+from gensar.replay import make_producer, replay
+from gensar.settings import KafkaSettings, Settings
+from gensar.topics import DEAD_LETTER, ITEMS, TRAINING_SAMPLES
+from infra.broker import free_port
+from streams.inspect import read_topic, table_snapshot, wait_caught_up
+from streams.state import ItemStats, UserState
+
+pytestmark = pytest.mark.integration
+
+HISTORY, SEARCH_HISTORY = 20, 5  # short, so that histories fill and evict in a slice of the data
+SLICE = 12_000  # the last user events of the bundled data: ~1.2k searches among them
+
+
+@pytest.fixture(scope="module")
+def dataset(bundled_data):
+    return load(bundled_data)
+
+
+def replay_slice(dataset, n: int = SLICE) -> list:
+    """The catalogue, then the last `n` user events (both tasks occur there), in time order."""
+    return [*dataset.items.values(), *dataset.user_events()[-n:]]
+
+
+# --- running workers -------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    kafka: KafkaSettings
+    state_dir: Path
+    name: str = "w0"
+    web_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> "Worker":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GENSAR_")}
+        env |= {"GENSAR_KAFKA__BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+                "GENSAR_KAFKA__TOPIC_PREFIX": self.kafka.topic_prefix,
+                "GENSAR_KAFKA__PARTITIONS": str(self.kafka.partitions),
+                "GENSAR_STATE_DIR": str(self.state_dir),
+                "GENSAR_STREAMS__HISTORY_LENGTH": str(HISTORY),
+                "GENSAR_STREAMS__SEARCH_HISTORY_LENGTH": str(SEARCH_HISTORY),
+                "GENSAR_STREAMS__COMMIT_INTERVAL_S": "0.3",
+                "GENSAR_STREAMS__LAG_INTERVAL_S": "0.5"}
+        log = open(self.state_dir / f"{self.name}.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "run", "--worker-name", self.name, "--web-port", str(self.web_port),
+             "--metrics-port", str(self.metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def processed(self) -> float:
+        try:
+            return sum(v for (name, labels), v in self.metrics().items()
+                       if name == "gensar_stream_events_total" and ("outcome", "processed") in labels)
+        except OSError:
+            return 0.0
+
+    def wait_processed(self, at_least: float, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.processed() < at_least:
+            assert self.process.poll() is None, f"worker exited: {self.log_tail()}"
+            assert time.monotonic() < deadline, f"worker processed {self.processed()} < {at_least}: {self.log_tail()}"
+            time.sleep(0.2)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = (self.state_dir / f"{self.name}.log").read_text(errors="replace")
+        return "\n".join(line for line in text.splitlines() if "producer buffer" not in line)[-6000:]
+
+
+@pytest.fixture
+def workers(kafka, tmp_path):
+    started: list[Worker] = []
+
+    def start(name: str = "w0") -> Worker:
+        worker = Worker(kafka, tmp_path, name).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process and worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait(10)
+
+
+# --- the direct computation ------------------------------------------------------------
+
+
+@dataclass
+class Expected:
+    users: dict[str, dict]
+    item_stats: dict[str, tuple]
+    samples: dict[str, tuple]  # sample event id -> (task, source event id, target, same-topic history)
+    before: dict[str, tuple[list[str], list[str]]]  # source event id -> (items, queries) strictly earlier
+
+
+def expected_from(events: list) -> Expected:
+    user_events = sorted((e for e in events if e.type != "item"), key=event_order)
+    items_seen: dict[str, list[str]] = defaultdict(list)
+    queries_seen: dict[str, list[str]] = defaultdict(list)
+    samples, before = {}, {}
+    stats: dict[str, Counter] = defaultdict(Counter)
+    for e in user_events:
+        before[e.event_id] = (list(items_seen[e.user_id]), list(queries_seen[e.user_id]))
+        if isinstance(e, InteractionEvent):
+            samples[f"{e.event_id}/rec/0"] = ("rec", e.event_id, e.item_id, items_seen[e.user_id][-HISTORY:])
+            items_seen[e.user_id].append(e.item_id)
+            stats[e.item_id].update(interactions=1, ratings=e.value is not None)
+            stats[e.item_id]["rating_sum"] += e.value or 0.0
+        else:
+            for i, item in enumerate(dict.fromkeys(e.clicked_items)):
+                samples[f"{e.event_id}/search/{i}"] = ("search", e.event_id, item, queries_seen[e.user_id][-SEARCH_HISTORY:])
+                stats[item].update(search_clicks=1)
+            queries_seen[e.user_id].append(e.query)
+    users = {u: {"history": items_seen[u][-HISTORY:], "search_history": queries_seen[u][-SEARCH_HISTORY:],
+                 "interactions": len(items_seen[u]), "searches": len(queries_seen[u])}
+             for u in {e.user_id for e in user_events}}
+    item_stats = {i: (c["interactions"], c["ratings"], c["rating_sum"], c["search_clicks"]) for i, c in stats.items()}
+    return Expected(users, item_stats, samples, before)
+
+
+def is_contiguous_run(part: list[str], whole: list[str]) -> bool:
+    return not part or any(whole[i:i + len(part)] == part for i in range(len(whole) - len(part) + 1))
+
+
+def assert_matches(settings: Settings, expected: Expected, dead_letters: int = 0) -> list[TrainingSample]:
+    """The tables and the samples topic hold exactly what the data implies."""
+    letters = [DeadLetter.model_validate_json(r.value) for r in read_topic(settings.kafka, DEAD_LETTER.full_name(settings.kafka))]
+    assert len(letters) == dead_letters, Counter((letter.reason, letter.detail[:60]) for letter in letters).most_common(5)
+    users = {k.decode(): UserState.model_validate_json(v) for k, v in table_snapshot(settings, "users").items()}
+    got_users = {u: {"history": [e[3] for e in s.items], "search_history": [e[3] for e in s.queries],
+                     "interactions": s.interactions, "searches": s.searches} for u, s in users.items()}
+    assert got_users.keys() == expected.users.keys()
+    wrong = [u for u in expected.users if got_users[u] != expected.users[u]]
+    assert not wrong, f"{len(wrong)} users differ, e.g. {wrong[0]}: {got_users[wrong[0]]} != {expected.users[wrong[0]]}"
+
+    shares: dict[str, ItemStats] = {}
+    for key, value in table_snapshot(settings, "item-stats").items():
+        item = key.decode().split("/", 1)[1]
+        share = ItemStats.model_validate_json(value)
+        shares[item] = shares[item].merge(share) if item in shares else share
+    got_stats = {i: (s.interactions, s.ratings, s.rating_sum, s.search_clicks) for i, s in shares.items()}
+    assert got_stats == expected.item_stats
+
+    records = read_topic(settings.kafka, TRAINING_SAMPLES.full_name(settings.kafka))
+    samples = [TrainingSample.model_validate_json(r.value) for r in records]
+    ids = Counter(s.event_id for s in samples)
+    duplicates = [i for i, n in ids.items() if n > 1]
+    assert not duplicates, f"{len(duplicates)} samples appear more than once, e.g. {duplicates[:3]}"
+    assert ids.keys() == expected.samples.keys(), (
+        f"missing {len(expected.samples.keys() - ids.keys())}, unexpected {len(ids.keys() - expected.samples.keys())}")
+    for s in samples:
+        task, source, target, same_topic = expected.samples[s.event_id]
+        assert (s.task, s.source_event_id, s.target_item) == (task, source, target)
+        earlier_items, earlier_queries = expected.before[source]
+        if task == "rec":  # same topic: exact; the other topic: what had arrived, never later events
+            assert s.history == same_topic, s
+            assert is_contiguous_run(s.search_history, earlier_queries), s
+        else:
+            assert s.search_history == same_topic, s
+            assert is_contiguous_run(s.history, earlier_items), s
+    return samples
+
+
+# --- the tests -------------------------------------------------------------------------
+
+
+def test_replay_gives_exactly_the_directly_computed_state_and_samples(kafka, dataset, workers):
+    events = replay_slice(dataset)
+    settings = Settings(kafka=kafka)
+    worker = workers()
+    replay(events, kafka, progress=False)
+    wait_caught_up(settings, timeout_s=240)
+    expected = expected_from(events)
+    samples = assert_matches(settings, expected)
+    assert Counter(s.task for s in samples) == Counter(t for t, *_ in expected.samples.values())
+
+    catalogue = table_snapshot(settings, "catalogue")
+    assert {k.decode() for k in catalogue} == set(dataset.items)
+
+    # The read interface serving uses.
+    user = max(expected.users, key=lambda u: expected.users[u]["interactions"])
+    status, body = worker.get(f"/users/{user}/history")
+    assert status == 200 and {k: body[k] for k in expected.users[user]} == expected.users[user]
+    assert worker.get("/users/no-such-user/history")[0] == 404
+    item = max(expected.item_stats, key=lambda i: expected.item_stats[i][0])
+    status, body = worker.get(f"/items/{item}/stats")
+    assert status == 200 and (body["interactions"], body["ratings"], body["search_clicks"]) == expected.item_stats[item][:2] + expected.item_stats[item][3:]
+    status, body = worker.get(f"/items/{item}")
+    assert status == 200 and body["title"] == dataset.items[item].title
+
+    metrics = worker.metrics()
+    in_by_topic = {dict(labels)["topic"]: v for (name, labels), v in metrics.items()
+                   if name == "gensar_stream_events_total" and ("outcome", "processed") in labels}
+    n_searches = sum(e.type == "search" for e in events)
+    assert in_by_topic == {ITEMS.full_name(kafka): len(dataset.items),
+                           kafka.topic_prefix + "interactions": SLICE - n_searches,
+                           kafka.topic_prefix + "search-events": n_searches}
+    produced = metrics[("gensar_stream_events_total", (("outcome", "produced"), ("topic", TRAINING_SAMPLES.full_name(kafka))))]
+    assert produced == len(samples)
+    deadline = time.monotonic() + 10
+    while True:  # measured every half second
+        lags = [v for (name, _), v in worker.metrics().items() if name == "gensar_stream_consumer_lag"]
+        if (lags and max(lags) == 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert lags and max(lags) == 0, lags
+    assert metrics[("gensar_stream_processing_seconds_count", (("topic", kafka.topic_prefix + "interactions"),))] >= SLICE - n_searches
+    assert worker.stop() == 0
+
+
+def test_sigkill_mid_stream_and_restart_lose_and_repeat_nothing(kafka, dataset, workers):
+    events = replay_slice(dataset)
+    settings = Settings(kafka=kafka)
+    first = workers("w0")
+    replay(events, kafka, progress=False)
+    first.wait_processed(len(dataset.items) + SLICE // 3)
+    first.kill()  # mid-stream: transactions open, the local store ahead of the last commit
+    second = workers("w0")  # the same name: the same store directory
+    wait_caught_up(settings, timeout_s=240)
+    assert_matches(settings, expected_from(events))
+    assert second.processed() < len(dataset.items) + SLICE, "the restart resumed from the last commit"
+
+
+def test_rebalance_between_two_workers_mid_stream(kafka, dataset, workers):
+    events = replay_slice(dataset)
+    settings = Settings(kafka=kafka)
+    first = workers("w0")
+    replay(events[:len(dataset.items)], kafka, progress=False)
+    user_events = events[len(dataset.items):]
+    feeding = threading.Thread(target=paced_replay, args=(user_events, kafka))  # ~30 s of traffic
+    feeding.start()
+    first.wait_processed(len(dataset.items) + SLICE // 4)
+    second = workers("w1")  # joins mid-stream: the group rebalances, partitions move with their state
+    second.wait_processed(1, timeout_s=180)  # it took partitions over and processes them
+    feeding.join()
+    wait_caught_up(settings, timeout_s=240)
+    expected = expected_from(events)
+    assert_matches(settings, expected)
+    assert first.processed() > len(dataset.items) + SLICE // 4 and second.processed() > 0
+
+    # Either worker answers for any user: requests for the other's users are forwarded.
+    for user in sorted(expected.users)[:8]:
+        for worker in (first, second):
+            status, body = worker.get(f"/users/{user}/history")
+            assert status == 200 and body["history"] == expected.users[user]["history"], (worker.name, user, body)
+    assert first.stop() == 0 and second.stop() == 0
+
+
+def test_fuzzed_input_is_dead_lettered_with_reasons_and_good_events_still_flow(kafka, dataset, workers):
+    good = [*dataset.items.values(), *dataset.user_events()[-1500:]]
+    bad = list(malformed_events(dataset, 1200))
+    settings = Settings(kafka=kafka)
+    worker = workers()
+    producer = make_producer(kafka)
+    topic = {"item": ITEMS.full_name(kafka), "interaction": kafka.topic_prefix + "interactions",
+             "search": kafka.topic_prefix + "search-events"}
+    replay(good[:len(dataset.items)], kafka, progress=False, producer=producer)
+    user_events = good[len(dataset.items):]
+    sent = []  # (future of the bad record's metadata, its payload, the reason we expect)
+    for i, event in enumerate(user_events):  # malformed records between the good ones
+        producer.send(topic[event.type], key=event.key(), value=event.to_bytes())
+        for kind, key, value, reason in bad[i * len(bad) // len(user_events):(i + 1) * len(bad) // len(user_events)]:
+            sent.append((producer.send(topic[kind], key=key, value=value), value or b"", reason))
+    producer.flush()
+    expect = {}
+    for future, value, reason in sent:
+        meta = future.get(timeout=30)
+        expect[(meta.topic, meta.partition, meta.offset)] = (value, reason)
+    producer.close()
+    wait_caught_up(settings, timeout_s=240)
+
+    records = read_topic(kafka, DEAD_LETTER.full_name(kafka))
+    letters = {(letter.source_topic, letter.source_partition, letter.source_offset): (letter, record.headers)
+               for record in records for letter in [DeadLetter.model_validate_json(record.value)]}
+    assert len(records) == len(letters) == len(bad), "one dead letter per malformed record, each naming its own"
+    assert letters.keys() == expect.keys()
+    for source, (letter, headers) in letters.items():
+        value, reason = expect[source]
+        assert letter.reason == reason, (letter, value)
+        assert letter.detail and headers["payload"] == value
+        assert letter.payload == value.decode(errors="replace")
+    assert_matches(settings, expected_from(good), dead_letters=len(bad))
+
+    metrics = worker.metrics()
+    by_reason = {dict(labels)["reason"]: v for (name, labels), v in metrics.items() if name == "gensar_stream_dead_letters_total"}
+    assert by_reason == dict(Counter(reason for *_, reason in bad))
+    assert len(by_reason) == 8, "every kind of breakage occurred"
+    assert worker.process.poll() is None, "the worker survived every malformed record"
+
+
+def paced_replay(events: list, kafka: KafkaSettings, chunk: int = 100, pause_s: float = 0.25) -> None:
+    producer = make_producer(kafka)
+    for start in range(0, len(events), chunk):
+        replay(events[start:start + chunk], kafka, progress=False, producer=producer)
+        time.sleep(pause_s)
+    producer.close()
+
+
+def malformed_events(dataset, n: int):
+    """(topic kind, key, value, the reason we expect) for `n` records broken in every way we know."""
+    rating = next(e for e in reversed(dataset.user_events()) if e.type == "interaction")
+    search = next(e for e in reversed(dataset.user_events()) if e.type == "search")
+    base = {"interaction": json.loads(rating.to_bytes()), "search": json.loads(search.to_bytes()),
+            "item": json.loads(next(iter(dataset.items.values())).to_bytes())}
+    key_of = {"interaction": rating.key(), "search": search.key()}
+    far_future = time.time() + 10 * 86400
+    cases = [
+        ("malformed-json", lambda d, i: b'{"event_id": "x' + str(i).encode()),
+        ("malformed-json", lambda d, i: bytes([0xFF, 0xFE, i % 256]) * 3),
+        ("malformed-json", lambda d, i: None),  # a tombstone
+        ("not-an-object", lambda d, i: json.dumps([d, i]).encode()),
+        ("unsupported-schema-version", lambda d, i: json.dumps({**d, "schema_version": 2 + i % 3}).encode()),
+        ("schema-violation", lambda d, i: json.dumps({**d, "unexpected": i}).encode()),
+        ("schema-violation", lambda d, i: json.dumps({**d, "timestamp": "yesterday"}).encode()),
+        ("schema-violation", lambda d, i: json.dumps({k: v for k, v in d.items() if k != "event_id"}).encode()),
+        ("schema-violation", lambda d, i: json.dumps({**d, "timestamp": -5}).encode()),
+        ("oversize-field", lambda d, i: json.dumps({**d, "event_id": "e" * 500}).encode()),
+        ("future-timestamp", lambda d, i: json.dumps({**d, "event_id": f"future-{i}", "timestamp": far_future}).encode()),
+    ]
+    for i in range(n):
+        kind = ("interaction", "search", "item")[i % 3]
+        if i % 7 == 0 and kind != "item":  # valid, but names an item that does not exist
+            body = dict(base[kind], event_id=f"ghost-{i}")
+            body |= {"item_id": f"no-such-item-{i}"} if kind == "interaction" else {"clicked_items": [f"no-such-item-{i}"]}
+            yield kind, key_of[kind], json.dumps(body).encode(), "unknown-item"
+        elif i % 11 == 0 and kind != "item":  # valid, but keyed by someone else: it would split the user's state
+            yield kind, b"someone-else", json.dumps(dict(base[kind], event_id=f"rekeyed-{i}")).encode(), "key-mismatch"
+        else:
+            reason, make = cases[i % len(cases)]
+            key = key_of[kind] if kind != "item" else f"bad-item-{i}".encode()  # never shadow a real item
+            yield kind, key, make(base[kind], i), reason
