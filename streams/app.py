@@ -103,7 +103,7 @@ class StreamApp:
             web_enabled=streams.web_port > 0,
             web_bind=streams.web_host,
             web_port=streams.web_port,
-            canonical_url=f"http://{streams.web_host}:{streams.web_port}",
+            canonical_url=streams.advertised_url(),
             autodiscover=False,
             # An agent that raises on anything but bad input (which is dead-lettered) stops
             # the worker: the open transaction aborts and the event is processed again

@@ -5,6 +5,7 @@ shared ones (gensar.settings.KafkaSettings)."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -33,8 +34,12 @@ class StreamSettings(BaseSettings):
     store: str = "rocksdb://"
     state_dir: Path | None = None  # table stores; default <state_dir>/streams/<worker name>
     worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # one store dir per worker
-    web_host: str = "127.0.0.1"  # the table read API (GET /users/{id}/history, ...)
+    web_host: str = "127.0.0.1"  # where the table read API listens (GET /users/{id}/history, ...)
     web_port: int = Field(6066, ge=1, le=65535)
+    # The address other workers use to forward requests for keys this worker owns (the
+    # pod IP on Kubernetes); default: web_host, or this host's address when listening on
+    # all interfaces.
+    web_advertised_host: str | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0, le=65535)  # Prometheus exposition; 0 disables it
     # An interaction naming an item this worker's catalogue does not hold waits this long
@@ -51,6 +56,12 @@ class StreamSettings(BaseSettings):
                          and k[len(prefix):].lower() not in type(self).model_fields)
         if unknown:
             raise ValueError(f"unknown stream setting(s) in the environment: {', '.join(unknown)}")
+
+    def advertised_url(self) -> str:
+        host = self.web_advertised_host or self.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostbyname(socket.gethostname())
+        return f"http://{host}:{self.web_port}"
 
     def store_dir(self, settings: Settings) -> Path:
         return (self.state_dir or settings.state_dir / "streams") / self.worker_name

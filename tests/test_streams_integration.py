@@ -9,27 +9,20 @@ the samples and dead letters as a read_committed consumer sees them (by event id
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gensar.data import event_order, load
 from gensar.events import DeadLetter, InteractionEvent, TrainingSample
 from gensar.replay import make_producer, replay
 from gensar.settings import KafkaSettings, Settings
 from gensar.topics import DEAD_LETTER, ITEMS, TRAINING_SAMPLES
-from infra.broker import free_port
 from streams.inspect import read_topic, table_snapshot, wait_caught_up
+from streams.process import WorkerProcess
 from streams.state import ItemStats, UserState
 
 pytestmark = pytest.mark.integration
@@ -51,82 +44,17 @@ def replay_slice(dataset, n: int = SLICE) -> list:
 # --- running workers -------------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    kafka: KafkaSettings
-    state_dir: Path
-    name: str = "w0"
-    web_port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-
-    def start(self) -> "Worker":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GENSAR_")}
-        env |= {"GENSAR_KAFKA__BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
-                "GENSAR_KAFKA__TOPIC_PREFIX": self.kafka.topic_prefix,
-                "GENSAR_KAFKA__PARTITIONS": str(self.kafka.partitions),
-                "GENSAR_STATE_DIR": str(self.state_dir),
-                "GENSAR_STREAMS__HISTORY_LENGTH": str(HISTORY),
-                "GENSAR_STREAMS__SEARCH_HISTORY_LENGTH": str(SEARCH_HISTORY),
-                "GENSAR_STREAMS__COMMIT_INTERVAL_S": "0.3",
-                "GENSAR_STREAMS__LAG_INTERVAL_S": "0.5"}
-        log = open(self.state_dir / f"{self.name}.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "run", "--worker-name", self.name, "--web-port", str(self.web_port),
-             "--metrics-port", str(self.metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def metrics(self) -> dict[tuple[str, tuple], float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-    def processed(self) -> float:
-        try:
-            return sum(v for (name, labels), v in self.metrics().items()
-                       if name == "gensar_stream_events_total" and ("outcome", "processed") in labels)
-        except OSError:
-            return 0.0
-
-    def wait_processed(self, at_least: float, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.processed() < at_least:
-            assert self.process.poll() is None, f"worker exited: {self.log_tail()}"
-            assert time.monotonic() < deadline, f"worker processed {self.processed()} < {at_least}: {self.log_tail()}"
-            time.sleep(0.2)
-
-    def get(self, path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = (self.state_dir / f"{self.name}.log").read_text(errors="replace")
-        return "\n".join(line for line in text.splitlines() if "producer buffer" not in line)[-6000:]
+STREAM_SETTINGS = {"GENSAR_STREAMS__HISTORY_LENGTH": str(HISTORY),
+                   "GENSAR_STREAMS__SEARCH_HISTORY_LENGTH": str(SEARCH_HISTORY),
+                   "GENSAR_STREAMS__COMMIT_INTERVAL_S": "0.3", "GENSAR_STREAMS__LAG_INTERVAL_S": "0.5"}
 
 
 @pytest.fixture
 def workers(kafka, tmp_path):
-    started: list[Worker] = []
+    started: list[WorkerProcess] = []
 
-    def start(name: str = "w0") -> Worker:
-        worker = Worker(kafka, tmp_path, name).start()
+    def start(name: str = "w0") -> WorkerProcess:
+        worker = WorkerProcess(kafka, tmp_path, name, env=STREAM_SETTINGS).start()
         started.append(worker)
         return worker
 

@@ -134,6 +134,8 @@ def test_settings_refuse_unknown_keys_and_bad_values(monkeypatch):
         else:
             raise AssertionError(f"{key}={value} was accepted")
         monkeypatch.delenv(key)
+    assert StreamSettings(web_host="0.0.0.0", web_advertised_host="10.0.0.7").advertised_url() == "http://10.0.0.7:6066"
+    assert StreamSettings(web_host="127.0.0.1", web_port=7000).advertised_url() == "http://127.0.0.1:7000"
     try:
         StreamSettings(history_lenght=5)
     except ValueError:
