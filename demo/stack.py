@@ -20,11 +20,11 @@ from kafka.errors import KafkaError
 
 from gensar.settings import BrokerSettings, KafkaSettings, Settings
 from infra.broker import KafkaBroker, ensure_topics, free_port
+from learner.samples import consumer_group
 from learner.settings import LearnerSettings
 
 from demo.settings import DemoSettings
 
-LEARNER_GROUP = "gensar-learner"  # learner.service.run's default consumer group
 MAX_RESTARTS = 3  # child restarts per demo run
 PORTS = ("broker", "controller", "serve", "streams_web", "streams_metrics", "status")
 
@@ -136,7 +136,8 @@ class Stack:
         self.alive()
         admin = KafkaAdminClient(**self.kafka.client_options(), client_id="gensar-demo")
         try:
-            return bool(admin.describe_groups([LEARNER_GROUP]).get(LEARNER_GROUP, {}).get("members"))
+            group = consumer_group(self.kafka)
+            return bool(admin.describe_groups([group]).get(group, {}).get("members"))
         finally:
             admin.close()
 

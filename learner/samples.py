@@ -89,10 +89,16 @@ class SampleBuffer:
         self._rng.setstate((3, tuple(state["rng"]), None))
 
 
+def consumer_group(kafka: KafkaSettings) -> str:
+    """The learner's consumer group: one per deployment, named after its topic prefix."""
+    return f"{kafka.topic_prefix}learner"
+
+
 class SampleConsumer:
     """Reads the training-samples topic in a consumer group with manual commits."""
 
-    def __init__(self, kafka: KafkaSettings, group: str = "gensar-learner"):
+    def __init__(self, kafka: KafkaSettings, group: str | None = None):
+        group = group or consumer_group(kafka)
         self.consumer = KafkaConsumer(
             TRAINING_SAMPLES.full_name(kafka), **kafka.client_options(), group_id=group,
             client_id=f"{group}-samples", enable_auto_commit=False, auto_offset_reset="earliest",

@@ -1,6 +1,7 @@
 """The learner on Ray: actors and the loop that schedules refreshes.
 
-    Intake   (actor)  reads training-samples in a consumer group into the SampleBuffer
+    Intake   (actor)  reads training-samples in the consumer group `<topic prefix>learner`
+                      into the SampleBuffer
     Trainer  (actor)  one refresh at a time: LoRA-tune, gate on held-out recent samples,
                       publish to the registry (`learner.refresh.Refresher`); on a GPU
                       worker when the cluster has one
@@ -30,7 +31,7 @@ from gensar.events import ModelVersion, TrainingSample
 from gensar.settings import KafkaSettings
 from infra.ray_local import has_gpu
 from learner.registry import LocalArtifactStore, Registry, kafka_announcer
-from learner.samples import SampleBuffer, SampleConsumer
+from learner.samples import SampleBuffer, SampleConsumer, consumer_group
 from learner.settings import LearnerSettings
 
 log = logging.getLogger("gensar.learner")
@@ -103,10 +104,10 @@ def next_version(registry: Registry) -> str:
 
 def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, settings: LearnerSettings,
         registry_root: Path, idmap_path: Path | None = None, max_refreshes: int | None = None,
-        idle_exit_seconds: float | None = None, group: str = "gensar-learner") -> list[ModelVersion]:
+        idle_exit_seconds: float | None = None) -> list[ModelVersion]:
     """Refresh until `max_refreshes` are decided, or no sample arrived for `idle_exit_seconds`."""
     registry = Registry(LocalArtifactStore(registry_root))
-    intake = Intake.remote(kafka, str(state_dir / "learner" / "buffer.json"), settings, group)
+    intake = Intake.remote(kafka, str(state_dir / "learner" / "buffer.json"), settings, consumer_group(kafka))
     (state_dir / "learner").mkdir(parents=True, exist_ok=True)
     # One trainer per adapter: a joint one, or a search and a rec adapter over the one base.
     tasks = ["joint"] if settings.adapters == "joint" else ["search", "rec"]

@@ -5,10 +5,12 @@ killed mid-refresh publishes nothing and its restart trains on every sample exac
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -47,11 +49,20 @@ def world(tmp_path_factory):
     return ds, state, idmap_path, fresh
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_ray():
+    """In-process Ray for one test; shut down before the subprocess test starts its own."""
     ensure_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+def fresh_state(base_state: Path, tmp_path: Path) -> Path:
+    """A deployment's own state directory holding the shared base model: the learner's
+    buffer remembers the samples it saw, so two deployments never share one."""
+    state = tmp_path / "state"
+    shutil.copytree(base_state, state)
+    return state
 
 
 def produce(kafka, samples) -> None:
@@ -68,7 +79,8 @@ SETTINGS = LearnerSettings(refresh_every_samples=100, min_samples=50, refresh_ev
 
 
 def test_versions_are_trained_gated_announced_and_rolled_back(world, local_ray, kafka, tmp_path):
-    ds, state, idmap_path, fresh = world
+    ds, base_state, idmap_path, fresh = world
+    state = fresh_state(base_state, tmp_path)
     registry_root = tmp_path / "registry"
     half = len(fresh) // 2
     common = dict(state_dir=state, kafka=kafka, ds=ds, base_name="tiny", settings=SETTINGS,
@@ -105,7 +117,8 @@ def test_versions_are_trained_gated_announced_and_rolled_back(world, local_ray, 
 
 
 def test_a_learner_killed_mid_refresh_publishes_nothing_and_resumes(world, kafka, tmp_path):
-    ds, state, idmap_path, fresh = world
+    ds, base_state, idmap_path, fresh = world
+    state = fresh_state(base_state, tmp_path)
     produce(kafka, fresh)
     env = {**os.environ, "GENSAR_STATE_DIR": str(state), "GENSAR_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "GENSAR_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "GENSAR_REGISTRY__URI": str(tmp_path / "registry"),
