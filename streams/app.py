@@ -27,7 +27,6 @@ changelogs rather than a local store that may be ahead of them (streams.worker).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from functools import partial
 from typing import Any
@@ -49,8 +48,6 @@ from streams.settings import StreamSettings
 from streams.transactions import Transactions
 from streams.state import (ItemStats, Record, UserState, apply_item_use, apply_user_event, item_stats_key, items_used,
                            samples_for)
-
-log = logging.getLogger("gensar.streams")
 
 MAX_DEAD_LETTER_PAYLOAD = 64 * 1024  # characters of the original payload kept in a dead letter
 
@@ -100,7 +97,7 @@ class StreamApp:
             producer_acks=-1,
             producer_linger=0.005,  # batch sends for 5 ms instead of one request per record
             producer_max_batch_size=256 * 1024,  # samples carry histories: 16 KiB batches hold ~10
-            web_enabled=streams.web_port > 0,
+            web_enabled=True,
             web_bind=streams.web_host,
             web_port=streams.web_port,
             canonical_url=streams.advertised_url(),
