@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from gensar.data import UserEvent, target_item
-from serving.engine import Engine, Query
+from serving.engine import Engine, Query, item_history
 
 K = 10
 HISTORY = 50  # items per request: the stream workers' default history length
@@ -94,7 +94,7 @@ class Evaluator:
         else:
             body = {"user_id": event.user_id, "k": K, "history": history}
             live = self.client.post("/recommend", json=body)
-            frozen = self.frozen.recommend([Query("rec", K, history=tuple(history))])[0]
+            frozen = self.frozen.recommend([Query("rec", K, history=item_history(history))])[0]
         live.raise_for_status()
         answer = live.json()
         live_hit, live_ndcg = rank_metrics([i["id"] for i in answer["items"]], target)

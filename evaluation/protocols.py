@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from gensar.data import Dataset, Split, UserEvent, event_order, target_item
-from gensar.events import InteractionEvent, SearchEvent
+from gensar.events import SearchEvent
 from model.tasks import synthetic_query
 
 N_NEGATIVES = 99

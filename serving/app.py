@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
 from serving.control import Control, read_control, write_control
-from serving.engine import Engine, Query, Swap
+from serving.engine import Engine, Query, Swap, item_history
 # Metrics through the module: Serve pickles the ingress class by value, and pickled copies of
 # metric objects would not be in the replica's registry.
 from serving import metrics as meters
@@ -144,7 +144,7 @@ class GenSARServer:
         if genre is not None and genre not in self.genres:
             raise unprocessable(f"unknown genre {body.filters.genre!r}; known: {', '.join(sorted(self.genres))}")
         state = await asyncio.to_thread(self.users.histories, body.user_id) if body.user_id else None
-        query = Query("search", body.k, history=state.items if state else (), query=body.query, genre=genre)
+        query = Query("search", body.k, history=state.events if state else (), query=body.query, genre=genre)
         return await self._search_batch(query)
 
     @api.post("/recommend", response_model=Answer)
@@ -153,8 +153,8 @@ class GenSARServer:
         if body.history is not None and len(body.history) > self.settings.max_history:
             raise unprocessable(f"history longer than {self.settings.max_history} items")
         state = await asyncio.to_thread(self.users.histories, body.user_id)
-        items = tuple(body.history) if body.history is not None else state.items
-        return await self._recommend_batch(Query("rec", body.k, history=items, search_history=state.queries))
+        history = item_history(body.history) if body.history is not None else state.events
+        return await self._recommend_batch(Query("rec", body.k, history=history, search_history=state.queries))
 
     def _check_k(self, k: int) -> None:
         if k > self.settings.max_k:

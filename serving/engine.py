@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gensar.events import InteractionEvent
+from gensar.events import HistoryEntry
 from serving.bundle import TASKS, Bundle, Loader
 from serving.catalogue import Catalogue
 from serving.dense import DenseIndex, fuse
@@ -36,7 +36,7 @@ Ranking = list[tuple[str, float]]  # (item id, score), best first
 class Query:
     task: str  # "search" | "rec"
     k: int
-    history: tuple[str, ...] = ()  # interacted item ids, oldest first
+    history: tuple[HistoryEntry, ...] = ()  # earlier interactions and searches, oldest first
     query: str | None = None  # search only
     search_history: tuple[str, ...] = ()  # earlier queries, oldest first
     genre: str | None = None  # search filter
@@ -52,11 +52,14 @@ class Swap:
     at: float
 
 
-def _events(history: tuple[str, ...], bundle: Bundle) -> list[InteractionEvent]:
-    """History as the renderer takes it; items the map does not know are left out (a new item
-    has no identifier yet). Ids come from the map, so no validation is needed."""
-    return [InteractionEvent.model_construct(event_id="serving", timestamp=0, user_id="serving", item_id=i,
-                                             kind="click", type="interaction") for i in history if i in bundle.idmap]
+def item_history(item_ids) -> tuple[HistoryEntry, ...]:
+    """A history of interactions only, from item ids oldest first (a request's own history)."""
+    return tuple(HistoryEntry(item_id=i, timestamp=0) for i in item_ids)
+
+
+def _known(history: tuple[HistoryEntry, ...], bundle: Bundle) -> list[HistoryEntry]:
+    """The entries whose item the map knows (a new item has no identifier yet)."""
+    return [h for h in history if h.item_id in bundle.idmap]
 
 
 class Engine:
@@ -143,7 +146,7 @@ class Engine:
     def recommend(self, queries: list[Query]) -> list[Answer]:
         bundle = self.slots["rec"]
         answers: list[Answer | None] = [None] * len(queries)
-        known = [i for i, q in enumerate(queries) if any(h in bundle.idmap for h in q.history)]
+        known = [i for i, q in enumerate(queries) if _known(q.history, bundle)]
         for i, ranking in zip(known, self._decode(bundle, "rec", [queries[i] for i in known])):
             answers[i] = self._answer(bundle, ranking[: queries[i].k], "model")
         by_query = [i for i, q in enumerate(queries) if answers[i] is None and q.search_history]
@@ -162,7 +165,7 @@ class Engine:
         if not queries:
             return []
         renderer = bundle.renderer
-        sources = [renderer.source(task, _events(q.history, bundle), q.query) for q in queries]
+        sources = [renderer.source(task, _known(q.history, bundle), q.query) for q in queries]
         groups = np.array([bundle.genre_group.get(q.genre, 0) if q.genre else 0 for q in queries], np.int64)
         ranked = bundle.decode(task, sources, groups, max(self.beam_size, max(q.k for q in queries)))
         item_ids = bundle.idmap.item_ids

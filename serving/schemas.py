@@ -6,10 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gensar.events import Id  # item / user ids: 1 to 128 characters
 from serving.settings import HISTORY_LIMIT, K_LIMIT, QUERY_LIMIT
-
-Id = str  # item / user ids, as gensar.events has them
-IdField = Field(min_length=1, max_length=128)
 
 
 class Strict(BaseModel):
@@ -22,13 +20,13 @@ class SearchFilters(Strict):
 
 class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=QUERY_LIMIT)
-    user_id: Id | None = Field(None, min_length=1, max_length=128, description="personalises by the user's current history")
+    user_id: Id | None = Field(None, description="personalises by the user's current history")
     k: int = Field(10, ge=1, le=K_LIMIT)
     filters: SearchFilters | None = None
 
 
 class RecommendRequest(Strict):
-    user_id: Id = IdField
+    user_id: Id
     k: int = Field(10, ge=1, le=K_LIMIT)
     history: list[Id] | None = Field(None, max_length=HISTORY_LIMIT,
                                      description="item ids, oldest first; default: the user's current history from the streams")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from gensar.events import HistoryEntry
 from serving.metrics import USER_STATE_ERRORS, USER_STATE_SECONDS
 
 
 @dataclass(frozen=True)
 class Histories:
-    items: tuple[str, ...] = ()  # interacted item ids, oldest first
+    events: tuple[HistoryEntry, ...] = ()  # interactions and searches merged, oldest first
     queries: tuple[str, ...] = ()  # earlier queries, oldest first
 
 
@@ -35,4 +36,4 @@ class UserState:
             return Histories()
         finally:
             USER_STATE_SECONDS.observe(time.perf_counter() - started)
-        return Histories(tuple(found.history), tuple(found.search_history)) if found else Histories()
+        return Histories(tuple(found.events), tuple(found.search_history)) if found else Histories()

@@ -1,7 +1,8 @@
 """What the stream workers keep and emit, as pure functions (no Kafka here).
 
 A user's state holds the latest `history_length` interacted items and the latest
-`search_history_length` queries, each entry tagged with its event-order key
+`search_history_length` queries (with the item first clicked for each), each entry tagged
+with its event-order key
 (timestamp, is-search, event id) — the same total order the dataset uses
 (gensar.data.event_order). Entries are kept sorted by that key, not by arrival, so the
 final state does not depend on how the two user topics interleave.
@@ -25,10 +26,11 @@ import hashlib
 from pydantic import BaseModel, ConfigDict
 
 from gensar.data import event_order
-from gensar.events import InteractionEvent, SearchEvent, TrainingSample
+from gensar.events import HistoryEntry, InteractionEvent, SearchEvent, TrainingSample
 
 OrderKey = tuple[float, bool, str]  # gensar.data.event_order: (timestamp, is_search, event_id)
-Entry = tuple[float, bool, str, str]  # (*order key, item id or query)
+Entry = tuple[float, bool, str, str]  # (*order key, item id)
+QueryEntry = tuple[float, bool, str, str, str | None]  # (*order key, query, first clicked item or None)
 
 
 class Record(BaseModel):
@@ -44,7 +46,7 @@ class Record(BaseModel):
 
 class UserState(Record):
     items: list[Entry] = []  # latest interacted items, oldest first
-    queries: list[Entry] = []  # latest queries, oldest first
+    queries: list[QueryEntry] = []  # latest queries, oldest first
     interactions: int = 0  # interaction events applied (each exactly once)
     searches: int = 0  # search events applied
     applied: dict[str, int] = {}  # source topic (unprefixed name) -> highest offset applied
@@ -74,14 +76,27 @@ def order_key(event: InteractionEvent | SearchEvent) -> OrderKey:
     return event_order(event)
 
 
-def insert_bounded(entries: list[Entry], entry: Entry, limit: int) -> list[Entry]:
+def insert_bounded(entries: list[tuple], entry: tuple, limit: int) -> list[tuple]:
     """`entries` with `entry` added in key order, keeping the `limit` latest."""
     return sorted({e[:3]: e for e in (*entries, entry)}.values())[-limit:]
 
 
-def before(entries: list[Entry], key: OrderKey, limit: int) -> list[str]:
-    """Values of the entries strictly earlier than `key`, oldest first, at most `limit`."""
+def before(entries: list[tuple], key: OrderKey, limit: int) -> list[str]:
+    """Values (item id or query) of the entries strictly earlier than `key`, oldest first,
+    at most `limit`."""
     return [e[3] for e in entries if tuple(e[:3]) < key][-limit:]
+
+
+def merged_history(state: UserState, key: OrderKey | None = None) -> list[HistoryEntry]:
+    """Both histories in one, in event order, strictly earlier than `key` (all when None):
+    the history the model renders. A search is its query and first clicked item; a search
+    without a click has no item to render and is left out."""
+    items = [HistoryEntry(item_id=e[3], timestamp=e[0]) for e in state.items if key is None or tuple(e[:3]) < key]
+    searches = [HistoryEntry(item_id=e[4], query=e[3], timestamp=e[0]) for e in state.queries
+                if e[4] is not None and (key is None or tuple(e[:3]) < key)]
+    # (timestamp, is_search) orders as gensar.data.event_order does; within one kind the
+    # entries are already in key order and a stable sort keeps it.
+    return sorted(items + searches, key=lambda h: (h.timestamp, h.query is not None))
 
 
 def apply_user_event(state: UserState, event: InteractionEvent | SearchEvent, topic: str, offset: int,
@@ -95,7 +110,9 @@ def apply_user_event(state: UserState, event: InteractionEvent | SearchEvent, to
         update["items"] = insert_bounded(state.items, (*key, event.item_id), history_length)
         update["interactions"] = state.interactions + 1
     else:
-        update["queries"] = insert_bounded(state.queries, (*key, event.query), search_history_length)
+        clicked = clicked_targets(event)
+        update["queries"] = insert_bounded(state.queries, (*key, event.query, clicked[0] if clicked else None),
+                                           search_history_length)
         update["searches"] = state.searches + 1
     return state.model_copy(update=update)
 
@@ -116,7 +133,8 @@ def samples_for(state: UserState, event: InteractionEvent | SearchEvent, history
     key = order_key(event)
     common = dict(timestamp=event.timestamp, user_id=event.user_id, source_event_id=event.event_id,
                   history=before(state.items, key, history_length),
-                  search_history=before(state.queries, key, search_history_length))
+                  search_history=before(state.queries, key, search_history_length),
+                  events=merged_history(state, key))
     if isinstance(event, InteractionEvent):
         return [TrainingSample(event_id=sample_id(event.event_id, "rec", 0), task="rec",
                                target_item=event.item_id, **common)]

@@ -18,7 +18,8 @@ from urllib.parse import quote
 import faust
 from pydantic import BaseModel, ConfigDict
 
-from streams.state import ItemStats, UserState, item_stats_key
+from gensar.events import HistoryEntry
+from streams.state import ItemStats, UserState, item_stats_key, merged_history
 
 if TYPE_CHECKING:
     from streams.app import StreamApp
@@ -32,13 +33,14 @@ class UserHistory(BaseModel):
     user_id: str
     history: list[str]  # interacted item ids, latest `history_length`
     search_history: list[str]  # queries, latest `search_history_length`
+    events: list[HistoryEntry]  # both merged in event order: what the model renders
     interactions: int
     searches: int
 
     @classmethod
     def of(cls, user_id: str, state: UserState) -> "UserHistory":
         return cls(user_id=user_id, history=[e[3] for e in state.items], search_history=[e[3] for e in state.queries],
-                   interactions=state.interactions, searches=state.searches)
+                   events=merged_history(state), interactions=state.interactions, searches=state.searches)
 
 
 def declare_views(s: "StreamApp") -> None:

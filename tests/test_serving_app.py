@@ -16,8 +16,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from gensar.events import HistoryEntry
 from learner.registry import LocalArtifactStore, Registry
 from serving.schemas import Answer
+from streams.views import UserHistory
 from test_serving_engine import NEW_ITEM, build_world
 
 TOKEN = "test-admin-token"
@@ -54,9 +56,11 @@ class UserTables(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
     def click(self, user_id: str, item_id: str) -> None:
-        h = self.histories.setdefault(user_id, {"user_id": user_id, "history": [], "search_history": [],
-                                                "interactions": 0, "searches": 0})
-        self.histories[user_id] = {**h, "history": h["history"] + [item_id], "interactions": h["interactions"] + 1}
+        h = UserHistory.model_validate(self.histories.get(user_id) or dict(
+            user_id=user_id, history=[], search_history=[], events=[], interactions=0, searches=0))
+        clicked = h.model_copy(update=dict(history=h.history + [item_id], interactions=h.interactions + 1,
+                                           events=h.events + [HistoryEntry(item_id=item_id, timestamp=time.time())]))
+        self.histories[user_id] = clicked.model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +261,9 @@ def from_schema(schema: dict, components: dict) -> st.SearchStrategy:
     return JSON
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+# Any value JSON can carry (no NaN, no infinity).
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=10)
 

@@ -141,6 +141,10 @@ def assert_matches(settings: Settings, expected: Expected, dead_letters: int = 0
         else:
             assert s.search_history == same_topic, s
             assert is_contiguous_run(s.history, earlier_items), s
+        # the merged history the model renders: both lists, in event order (every bundled search has a click)
+        assert [h.item_id for h in s.events if h.query is None] == s.history, s
+        assert [h.query for h in s.events if h.query is not None] == s.search_history, s
+        assert [h.timestamp for h in s.events] == sorted(h.timestamp for h in s.events), s
     return samples
 
 

@@ -8,6 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gensar.data import target_item
 from gensar.events import InteractionEvent, SearchEvent
 from streams.settings import StreamSettings
 from streams.state import (ItemStats, UserState, apply_item_use, apply_user_event, before, insert_bounded,
@@ -26,10 +27,10 @@ def search(i: int, user: str = "u1", ts: float | None = None) -> SearchEvent:
                        query=f"query {i}", clicked_items=[f"i{i}", f"i{i}", f"j{i}"])
 
 
-def apply_all(events_with_offsets, state: UserState | None = None) -> UserState:
+def apply_all(events_with_offsets, state: UserState | None = None, lengths: tuple[int, int] = (N, M)) -> UserState:
     state = state or UserState()
     for topic, offset, event in events_with_offsets:
-        state = apply_user_event(state, event, topic, offset, N, M)
+        state = apply_user_event(state, event, topic, offset, *lengths)
     return state
 
 
@@ -70,6 +71,19 @@ def test_search_samples_one_per_distinct_clicked_item_with_the_query():
     assert [(s.task, s.target_item, s.query) for s in samples] == [("search", "i2", "query 2"), ("search", "j2", "query 2")]
     assert all(s.history == ["i1"] and s.search_history == ["query 0"] for s in samples)
     assert len({s.event_id for s in samples}) == 2
+
+
+def test_samples_carry_both_histories_merged_in_event_order_as_the_model_reads_them():
+    no_click = SearchEvent(event_id="s9", timestamp=104.0, user_id="u1", query="nothing clicked")
+    same_time = search(3, ts=103.0)  # a search at the time of an interaction comes after it
+    arrivals = [("search-events", 0, search(2)), ("search-events", 1, same_time), ("search-events", 2, no_click),
+                ("interactions", 0, rating(1)), ("interactions", 1, rating(3))]  # searches arrived first
+    [sample] = samples_for(apply_all(arrivals, lengths=(10, 10)), rating(5), 10, 10)
+    assert [(h.item_id, h.query, h.timestamp) for h in sample.events] == [
+        ("i1", None, 101.0), ("i2", "query 2", 102.0), ("i3", None, 103.0), ("i3", "query 3", 103.0)]
+    # the same order gensar.data gives the dataset's events, which the offline pools render
+    dataset_order = sorted([rating(1), search(2), rating(3), same_time], key=order_key)
+    assert [h.item_id for h in sample.events] == [target_item(e) for e in dataset_order]
 
 
 def test_sample_ids_are_unique_and_bounded():
