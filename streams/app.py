@@ -212,7 +212,8 @@ class StreamApp:
             # Read, compute and write the user's state with no await in between: both
             # topics' events of one user are processed by this one agent, in arrival order.
             state = self.user_states.get(event.user_id.encode())
-            samples = samples_for(state, event, self.streams.history_length, self.streams.search_history_length)
+            samples = samples_for(state, event, self.streams.history_length, self.streams.search_history_length,
+                                  self.streams.sample_events)
         except InvalidEvent as bad:
             await self._dead_letter(message, bad)
             return

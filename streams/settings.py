@@ -21,6 +21,9 @@ class StreamSettings(BaseSettings):
     # How much of a user's past each table entry and each training sample carries.
     history_length: int = Field(50, ge=1, le=1000)  # interacted items (the paper's sequences are <= 50)
     search_history_length: int = Field(20, ge=1, le=1000)  # earlier queries
+    # Events (both kinds merged) a training sample carries for the model to render; at
+    # least the model's RenderSettings.history_events (10), which is all it reads.
+    sample_events: int = Field(20, ge=1, le=1000)
     # exactly_once: Kafka transactions (outputs, changelogs and offsets commit together);
     # at_least_once: faster, but a crash can repeat samples (dedup by source_event_id).
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"

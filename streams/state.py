@@ -87,16 +87,17 @@ def before(entries: list[tuple], key: OrderKey, limit: int) -> list[str]:
     return [e[3] for e in entries if tuple(e[:3]) < key][-limit:]
 
 
-def merged_history(state: UserState, key: OrderKey | None = None) -> list[HistoryEntry]:
-    """Both histories in one, in event order, strictly earlier than `key` (all when None):
-    the history the model renders. A search is its query and first clicked item; a search
-    without a click has no item to render and is left out."""
-    items = [HistoryEntry(item_id=e[3], timestamp=e[0]) for e in state.items if key is None or tuple(e[:3]) < key]
-    searches = [HistoryEntry(item_id=e[4], query=e[3], timestamp=e[0]) for e in state.queries
-                if e[4] is not None and (key is None or tuple(e[:3]) < key)]
-    # (timestamp, is_search) orders as gensar.data.event_order does; within one kind the
-    # entries are already in key order and a stable sort keeps it.
-    return sorted(items + searches, key=lambda h: (h.timestamp, h.query is not None))
+def merged_history(state: UserState, key: OrderKey | None = None, limit: int | None = None) -> list[HistoryEntry]:
+    """Both histories in one, in event order, strictly earlier than `key` (all when None),
+    the latest `limit` of them: the history the model renders. A search is its query and
+    first clicked item; a search without a click has no item to render and is left out."""
+    items = [e for e in state.items if key is None or tuple(e[:3]) < key]
+    searches = [e for e in state.queries if e[4] is not None and (key is None or tuple(e[:3]) < key)]
+    merged = sorted([*items, *searches])  # entries sort by their order key: (timestamp, is_search, event id)
+    if limit is not None:
+        merged = merged[-limit:]
+    return [HistoryEntry(item_id=e[4], query=e[3], timestamp=e[0]) if e[1] else
+            HistoryEntry(item_id=e[3], timestamp=e[0]) for e in merged]
 
 
 def apply_user_event(state: UserState, event: InteractionEvent | SearchEvent, topic: str, offset: int,
@@ -128,13 +129,14 @@ def clicked_targets(event: SearchEvent) -> list[str]:
 
 
 def samples_for(state: UserState, event: InteractionEvent | SearchEvent, history_length: int,
-                search_history_length: int) -> list[TrainingSample]:
-    """Training samples for `event` from the user's state as it was before the event."""
+                search_history_length: int, events_length: int | None = None) -> list[TrainingSample]:
+    """Training samples for `event` from the user's state as it was before the event;
+    `events` holds the latest `events_length` of both histories merged (all when None)."""
     key = order_key(event)
     common = dict(timestamp=event.timestamp, user_id=event.user_id, source_event_id=event.event_id,
                   history=before(state.items, key, history_length),
                   search_history=before(state.queries, key, search_history_length),
-                  events=merged_history(state, key))
+                  events=merged_history(state, key, events_length))
     if isinstance(event, InteractionEvent):
         return [TrainingSample(event_id=sample_id(event.event_id, "rec", 0), task="rec",
                                target_item=event.item_id, **common)]

@@ -84,6 +84,8 @@ def test_samples_carry_both_histories_merged_in_event_order_as_the_model_reads_t
     # the same order gensar.data gives the dataset's events, which the offline pools render
     dataset_order = sorted([rating(1), search(2), rating(3), same_time], key=order_key)
     assert [h.item_id for h in sample.events] == [target_item(e) for e in dataset_order]
+    [bounded] = samples_for(apply_all(arrivals, lengths=(10, 10)), rating(5), 10, 10, events_length=2)
+    assert bounded.events == sample.events[-2:]
 
 
 def test_sample_ids_are_unique_and_bounded():
