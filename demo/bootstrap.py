@@ -82,8 +82,8 @@ def ensure_identifiers(world: World, root: Path, settings: DemoSettings, log) ->
     from identifiers.settings import IdentifierSettings
 
     store = MapStore(IdentifierSettings.maps_dir(root))
-    if store.latest():
-        return store.load()
+    if store.latest():  # resumed: the bootstrap's map (the learner's updater derived the later ones)
+        return store.load(store.versions()[0])
     config = BuildConfig(rqvae=RQVAEConfig(epochs=settings.rqvae_epochs,
                                            warmup_epochs=min(10, settings.rqvae_epochs // 2)))
     result = build_identifiers(world.ds, world.bootstrap, config, root, progress=True)

@@ -9,6 +9,10 @@ The held-out slice is the newest recent samples, so the gate asks what matters o
 is the candidate at least as good as what serves now on what users are doing now?
 A candidate whose loss went non-finite, or that falls below the serving version by more
 than the margin on either task, is published as rejected with the reason, never promoted.
+
+Identifier maps: with a map store, each refresh trains against the LATEST map version
+(the collaborative updater's, learner.collaborative), and the serving version is scored
+with the map it was trained on; both on the held-out samples whose target both maps know.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from evaluation.generative import GenerativeSystem
 from evaluation.metrics import expected_metrics, rank_counts
 from evaluation.protocols import Case
 from gensar.events import ModelVersion, TrainingSample
+from identifiers.idmap import MapStore
 from learner.lora import NonFiniteLoss, merged, save_adapter, tune
 from learner.registry import Manifest, Registry, TrainingWindow
 from learner.settings import LearnerSettings
 from model.artifact import GenSARModel
 from model.tasks import Renderer
 from model.train import TrainSettings
+from model.vocab import IdLayout
 
 GATE_METRICS = ("HR@10", "NDCG@10")
 
@@ -83,17 +89,34 @@ def gate(candidate: dict[str, dict], serving: dict[str, dict], margin: float) ->
 
 
 class Refresher:
-    """Holds the base model and renders, tunes, gates and publishes refreshes."""
+    """Holds the base model and renders, tunes, gates and publishes refreshes. `renderer`
+    is over the base model's map; `maps`, when given, is followed to its latest version."""
 
     def __init__(self, base: GenSARModel, base_name: str, renderer: Renderer, registry: Registry,
-                 settings: LearnerSettings, task: str = "joint"):
-        self.base, self.base_name, self.renderer = base, base_name, renderer
-        self.registry, self.settings, self.task = registry, settings, task
+                 settings: LearnerSettings, task: str = "joint", maps: MapStore | None = None):
+        self.base, self.base_name, self.base_renderer = base, base_name, renderer
+        self.registry, self.settings, self.task, self.maps = registry, settings, task, maps
+        self.renderer = renderer  # over the map the next refresh trains against
+        self._renderers = {renderer.idmap.version: renderer}
+
+    def renderer_for(self, version: str) -> Renderer:
+        """The renderer over map `version`: the base's, the latest, or a serving version's."""
+        if version not in self._renderers:
+            if self.maps is None:
+                raise ValueError(f"map {version} asked for, but this refresher follows no map store")
+            idmap = self.maps.load(version)
+            if IdLayout.of(idmap) != self.base.vocab.layout:
+                raise ValueError(f"map {version} has layout {IdLayout.of(idmap)}, the base model {self.base.vocab.layout}")
+            self._renderers[version] = Renderer(self.base.vocab, idmap, self.base_renderer.ds,
+                                                self.base_renderer.item_text, self.base.render)
+        return self._renderers[version]
 
     def run(self, recent: list[TrainingSample], replayed: list[TrainingSample], version: str) -> ModelVersion:
         """One refresh of this refresher's task: "joint" learns from every sample, a task
         adapter ("search" | "rec") only from its own and is gated on its own."""
         settings = self.settings
+        if self.maps is not None and (latest := self.maps.latest()) != self.renderer.idmap.version:
+            self.renderer = self.renderer_for(latest)
         if self.task != "joint":
             recent = [s for s in recent if s.task == self.task]
             replayed = [s for s in replayed if s.task == self.task]
@@ -108,18 +131,25 @@ class Refresher:
                                        warmup_steps=settings.training.warmup_steps, device=settings.device,
                                        seed=settings.seed, log_every=10)
         parent = self.registry.serving(self.task)
+        serving_renderer = self.renderer_for(self.registry.manifest(parent).idmap_version) if parent \
+            else self.base_renderer
+        in_use = {r.idmap.version for r in (self.base_renderer, self.renderer, serving_renderer)}
+        self._renderers = {v: r for v, r in self._renderers.items() if v in in_use}
+        holdout = [s for s in holdout if s.target_item in self.renderer.idmap and s.target_item in serving_renderer.idmap]
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             parent_dir = self.registry.fetch(parent, Path(tmp) / "parent")[1] if parent else None
-            serving = self.base if parent_dir is None else self._with(merged(self.base.model, parent_dir))
+            serving = self.base if parent_dir is None else self._with(merged(self.base.model, parent_dir),
+                                                                      serving_renderer.idmap)
             adapter_dir, scores, report, rejected_for = Path(tmp) / "adapter", {}, None, None
             try:
                 adapted, report = tune(self.base.model, samples, self.base.vocab.pad_id, train_settings,
                                        settings.lora, init_adapter=parent_dir)
                 save_adapter(adapted, adapter_dir)
-                candidate = self._with(adapted.merge_and_unload().eval())
-                scores = {who: evaluate(gm, self.renderer, holdout, settings.gate_beam_size)
-                          for who, gm in (("candidate", candidate), ("serving", serving))}
+                candidate = self._with(adapted.merge_and_unload().eval(), self.renderer.idmap)
+                scores = {who: evaluate(gm, renderer, holdout, settings.gate_beam_size)
+                          for who, gm, renderer in (("candidate", candidate, self.renderer),
+                                                    ("serving", serving, serving_renderer))}
             except NonFiniteLoss as exc:
                 rejected_for = f"non-finite loss: {exc}"
                 adapter_dir.mkdir()
@@ -139,5 +169,7 @@ class Refresher:
             return self.registry.reject(version, rejected_for)
         return self.registry.promote(version, reason)
 
-    def _with(self, model) -> GenSARModel:
-        return dataclasses.replace(self.base, model=model)
+    def _with(self, model, idmap) -> GenSARModel:
+        """The base model's artifact with other weights, for the map they were trained on."""
+        return dataclasses.replace(self.base, model=model, idmap_version=idmap.version,
+                                   idmap_fingerprint=idmap.fingerprint())

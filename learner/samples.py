@@ -102,6 +102,7 @@ class SampleConsumer:
         self.consumer = KafkaConsumer(
             TRAINING_SAMPLES.full_name(kafka), **kafka.client_options(), group_id=group,
             client_id=f"{group}-samples", enable_auto_commit=False, auto_offset_reset="earliest",
+            isolation_level="read_committed",  # never samples of an aborted stream transaction
             max_poll_records=2000)
         self.invalid = 0  # samples the stream workers should never have emitted
 

@@ -2,9 +2,12 @@
 
     Intake   (actor)  reads training-samples in the consumer group `<topic prefix>learner`
                       into the SampleBuffer
-    Trainer  (actor)  one refresh at a time: LoRA-tune, gate on held-out recent samples,
-                      publish to the registry (`learner.refresh.Refresher`); on a GPU
-                      worker when the cluster has one
+    Collaborative (actor) every few seconds: new interactions into the collaborative
+                      embeddings, ids for new items, re-coded drifted items, new map
+                      versions (`learner.collaborative`); its own consumer group, its own thread
+    Trainer  (actor)  one refresh at a time: LoRA-tune against the latest map, gate on
+                      held-out recent samples, publish to the registry
+                      (`learner.refresh.Refresher`); on a GPU worker when the cluster has one
     loop     (driver) refresh every N new samples or T seconds, then commit
 
 Training and its gate run in one actor on purpose: the gate scores the candidate's
@@ -76,23 +79,59 @@ class Intake:
         self.consumer.close()
 
 
+@ray.remote(max_concurrency=2)  # `stop` runs while `run` loops
+class Collaborative:
+    def __init__(self, state_dir: str, kafka: KafkaSettings, ds: Dataset, settings: LearnerSettings):
+        import threading
+
+        from learner.collaborative import CollaborativeUpdater
+
+        logging.getLogger("gensar").setLevel(logging.INFO)
+        self.updater = CollaborativeUpdater(Path(state_dir), kafka, ds, settings.collaborative)
+        self.every = settings.collaborative.every_seconds
+        self.stopped = threading.Event()
+
+    def run(self) -> list[str]:
+        """Step every `every_seconds` until stopped; returns the map versions published."""
+        published = []
+        try:
+            while not self.stopped.is_set():
+                started = time.monotonic()
+                try:
+                    published += self.updater.step().versions
+                except Exception:  # noqa: BLE001 - a broker hiccup must not end the updates; the log shows it
+                    log.exception("collaborative step failed; retrying in %.0f s", self.every)
+                self.stopped.wait(max(0.0, self.every - (time.monotonic() - started)))
+        finally:
+            self.updater.close()
+        return published
+
+    def map_version(self) -> str:
+        return self.updater.idmap.version
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 @ray.remote
 class Trainer:
     def __init__(self, state_dir: str, base_name: str, idmap_path: str | None, ds: Dataset,
                  registry_root: str, settings: LearnerSettings, kafka: KafkaSettings, task: str = "joint"):
         from identifiers.idmap import IdentifierMap, MapStore
         from identifiers.semantic import item_texts
+        from identifiers.settings import IdentifierSettings
         from learner.refresh import Refresher
         from model.artifact import GenSARModel
         from model.tasks import Renderer
 
         base = GenSARModel.load(Path(state_dir) / "models" / "base" / base_name)
-        idmap = (IdentifierMap.load(Path(idmap_path)) if idmap_path
-                 else MapStore(Path(state_dir) / "identifiers" / "maps").load(base.idmap_version))
+        # A pinned map (`idmap_path`) is used as it is; else the map store's latest is followed.
+        maps = None if idmap_path else MapStore(IdentifierSettings.maps_dir(Path(state_dir)))
+        idmap = IdentifierMap.load(Path(idmap_path)) if idmap_path else maps.load(base.idmap_version)
         base.check_map(idmap)
         renderer = Renderer(base.vocab, idmap, ds, item_texts(ds, []), base.render)
         registry = Registry(LocalArtifactStore(Path(registry_root)), announce=kafka_announcer(kafka))
-        self.refresher = Refresher(base, base_name, renderer, registry, settings, task)
+        self.refresher = Refresher(base, base_name, renderer, registry, settings, task, maps)
 
     def refresh(self, recent: list[TrainingSample], replayed: list[TrainingSample], version: str) -> ModelVersion:
         return self.refresher.run(recent, replayed, version)
@@ -114,6 +153,12 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
     gpus = 1 / len(tasks) if has_gpu() else 0
     trainers = [Trainer.options(num_gpus=gpus).remote(str(state_dir), base_name, idmap_path and str(idmap_path), ds,
                                                       str(registry_root), settings, kafka, task) for task in tasks]
+    # The collaborative updater keeps the map store's latest version moving; a pinned map stays as it is.
+    collaborative = None
+    if settings.collaborative.every_seconds > 0 and idmap_path is None:
+        collaborative = Collaborative.remote(str(state_dir), kafka, ds, settings)
+        log.info("collaborative updater following identifier map %s", ray.get(collaborative.map_version.remote()))
+        collaborative_run = collaborative.run.remote()
     decided: list[ModelVersion] = []
     last_refresh = last_arrival = time.monotonic()
     seen = 0
@@ -145,4 +190,7 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
                 break
     finally:
         ray.get(intake.close.remote())
+        if collaborative is not None:
+            ray.get(collaborative.stop.remote())
+            log.info("collaborative updater published map versions: %s", ray.get(collaborative_run) or "none")
     return decided

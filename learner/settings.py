@@ -22,6 +22,16 @@ class RefreshTraining(BaseModel):
     warmup_steps: int = Field(0, ge=0)
 
 
+class CollaborativeSettings(BaseModel):
+    """The collaborative updater (learner.collaborative); drift threshold: GENSAR_IDS__DRIFT_THRESHOLD."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_seconds: float = Field(30.0, ge=0)  # one step this often; 0: no updater (the map stays as bootstrapped)
+    epochs: int = Field(1, ge=1)  # SGNS passes over a step's new interactions
+    cold_start_neighbours: int = Field(10, ge=1)  # semantic neighbours lending a new item its collaborative vector
+
+
 class LearnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENSAR_LEARNER__", env_nested_delimiter="__", extra="forbid")
 
@@ -40,6 +50,7 @@ class LearnerSettings(BaseSettings):
     adapters: Literal["joint", "per-task"] = "joint"
     lora: LoraSettings = LoraSettings()
     training: RefreshTraining = RefreshTraining()
+    collaborative: CollaborativeSettings = CollaborativeSettings()
     device: str = "auto"  # "auto": a GPU when the worker has one
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9109, ge=0, le=65535)  # 0: no metrics server

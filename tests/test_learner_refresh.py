@@ -10,6 +10,7 @@ import pytest
 
 from gensar.data import event_order, target_item
 from gensar.events import HistoryEntry, InteractionEvent, TrainingSample
+from identifiers.idmap import IdentifierMap, MapStore
 from learner.refresh import Refresher, gate
 from learner.registry import LocalArtifactStore, Registry
 from learner.settings import LearnerSettings, RefreshTraining
@@ -114,3 +115,26 @@ def test_a_task_adapter_learns_and_is_gated_on_its_own_task_only(world, tmp_path
     assert decision.task == "rec" and manifest.task == "rec"
     assert set(manifest.metrics) == {"candidate:rec", "serving:rec"}
     assert manifest.window.samples < len(fresh)  # search samples were left to the search adapter
+
+
+def test_a_refresh_trains_against_the_latest_map_and_scores_serving_on_its_own(world, tmp_path):
+    base, renderer, fresh = world
+    maps = MapStore(tmp_path / "maps")
+    maps.save(renderer.idmap)
+    r = refresher(base, renderer, tmp_path)
+    r.maps = maps
+    assert r.run(fresh, [], "m1").status == "promoted"  # on the base map: nothing newer yet
+    # The collaborative updater re-codes two items (here: they trade ids), in a new version.
+    idmap = renderer.idmap
+    rows = [idmap.row("6"), idmap.row("5")]
+    maps.save(idmap.derive("tiny2", ["5", "6"], idmap.search_codes[rows], idmap.rec_codes[rows]))
+    decision = r.run(fresh, [], "m2")
+    assert r.registry.manifest("m1").idmap_version == "tiny1"
+    assert r.registry.manifest("m2").idmap_version == "tiny2" and decision.reason
+    assert r.renderer.target_id("rec", "5") == renderer.target_id("rec", "6")  # trained on the new ids
+    assert "serving:rec" in r.registry.manifest("m2").metrics  # m1 scored with tiny1, the map it serves with
+    wrong = IdentifierMap(version="tiny3", item_ids=idmap.item_ids, search_codes=idmap.search_codes,
+                          rec_codes=idmap.rec_codes, n_shared=idmap.n_shared, codebook_size=16)
+    maps.save(wrong)
+    with pytest.raises(ValueError, match="layout"):  # a map of another shape needs another base model
+        r.renderer_for("tiny3")
