@@ -79,35 +79,50 @@ class Intake:
         self.consumer.close()
 
 
-@ray.remote(max_concurrency=2)  # `stop` runs while `run` loops
+@ray.remote(max_concurrency=2)  # `map_version` and `stop` answer while `run` loops
 class Collaborative:
     def __init__(self, state_dir: str, kafka: KafkaSettings, ds: Dataset, settings: LearnerSettings):
         import threading
 
+        self.args = (Path(state_dir), kafka, ds, settings.collaborative)
+        self.every = settings.collaborative.every_seconds
+        self.stopped, self.started = threading.Event(), threading.Event()
+        self.version: str | None = None
+        self.error: Exception | None = None
+
+    def run(self) -> list[str]:
+        """Step every `every_seconds` until stopped; returns the map versions published.
+        The updater is made here: its SQLite handles (embedding cache, embedded Qdrant)
+        belong to the thread that made them."""
         from learner.collaborative import CollaborativeUpdater
 
         logging.getLogger("gensar").setLevel(logging.INFO)
-        self.updater = CollaborativeUpdater(Path(state_dir), kafka, ds, settings.collaborative)
-        self.every = settings.collaborative.every_seconds
-        self.stopped = threading.Event()
-
-    def run(self) -> list[str]:
-        """Step every `every_seconds` until stopped; returns the map versions published."""
-        published = []
+        try:
+            updater = CollaborativeUpdater(*self.args)
+        except Exception as exc:
+            self.error = exc
+            raise
+        finally:
+            self.started.set()
+        self.version, published = updater.idmap.version, []
         try:
             while not self.stopped.is_set():
                 started = time.monotonic()
                 try:
-                    published += self.updater.step().versions
+                    published += updater.step().versions
                 except Exception:  # noqa: BLE001 - a broker hiccup must not end the updates; the log shows it
                     log.exception("collaborative step failed; retrying in %.0f s", self.every)
                 self.stopped.wait(max(0.0, self.every - (time.monotonic() - started)))
         finally:
-            self.updater.close()
+            updater.close()
         return published
 
     def map_version(self) -> str:
-        return self.updater.idmap.version
+        """The map the updater started from, once it runs (its start-up error, if any)."""
+        self.started.wait()
+        if self.error is not None:
+            raise self.error
+        return self.version
 
     def stop(self) -> None:
         self.stopped.set()

@@ -5,8 +5,12 @@ a restarted updater resumes from its commit and its saved embeddings."""
 
 from __future__ import annotations
 
+import shutil
+import time
+
 import numpy as np
 import pytest
+import ray
 
 from gensar import data
 from gensar.replay import make_producer
@@ -16,8 +20,10 @@ from identifiers.collisions import collision_rate
 from identifiers.idmap import MapStore
 from identifiers.settings import IdentifierSettings, QdrantSettings
 from identifiers.vectors import ItemVectorStore
+from infra.ray_local import ensure_ray
 from learner.collaborative import CollaborativeUpdater
-from learner.settings import CollaborativeSettings
+from learner.service import Collaborative
+from learner.settings import CollaborativeSettings, LearnerSettings
 from test_identifiers_build import LATE, SMALL, without
 from test_learner_refresh import stream_samples
 
@@ -43,22 +49,33 @@ def bootstrapped(bundled_data, tmp_path_factory):
     return full, ds, late, state, qdrant, fresh
 
 
+def own_copy(bootstrapped, tmp_path):
+    """The bootstrapped state for one test alone (the updater writes map versions into it)."""
+    full, ds, late, state, _, fresh = bootstrapped
+    shutil.copytree(state, tmp_path / "state")
+    return full, ds, late, tmp_path / "state", QdrantSettings(path=tmp_path / "state" / "qdrant"), fresh
+
+
+def produce(kafka, upserts, samples) -> None:
+    producer = make_producer(kafka)
+    for item in upserts:
+        producer.send(ITEMS.full_name(kafka), key=item.key(), value=item.to_bytes())
+    for sample in samples:
+        producer.send(TRAINING_SAMPLES.full_name(kafka), key=sample.key(), value=sample.to_bytes())
+    producer.flush()
+    producer.close()
+
+
 def updater(state, kafka, ds, qdrant, drift_threshold: float) -> CollaborativeUpdater:
     return CollaborativeUpdater(state, kafka, ds, CollaborativeSettings(epochs=3),
                                 IdentifierSettings(drift_threshold=drift_threshold), qdrant)
 
 
-def test_new_items_get_ids_drifted_items_are_recoded_and_a_restart_resumes(bootstrapped, kafka):
-    full, ds, late, state, qdrant, fresh = bootstrapped
+def test_new_items_get_ids_drifted_items_are_recoded_and_a_restart_resumes(bootstrapped, kafka, tmp_path):
+    full, ds, late, state, qdrant, fresh = own_copy(bootstrapped, tmp_path)
     maps = MapStore(IdentifierSettings.maps_dir(state))
     v1 = maps.load("v1")
-    producer = make_producer(kafka)
-    for item in late:
-        producer.send(ITEMS.full_name(kafka), key=item.encode(), value=full.items[item].to_bytes())
-    for sample in fresh:
-        producer.send(TRAINING_SAMPLES.full_name(kafka), key=sample.key(), value=sample.to_bytes())
-    producer.flush()
-    producer.close()
+    produce(kafka, [full.items[i] for i in late], fresh)
 
     # A small threshold, so this short stream moves some warm items past it.
     first = updater(state, kafka, ds, qdrant, drift_threshold=0.02)
@@ -110,3 +127,25 @@ def test_new_items_get_ids_drifted_items_are_recoded_and_a_restart_resumes(boots
         assert (again.samples, again.upserts, again.versions) == (0, 0, [])
     finally:
         second.close()
+
+
+def test_the_ray_actor_publishes_map_versions_on_its_schedule(bootstrapped, kafka, tmp_path, monkeypatch):
+    full, ds, late, state, qdrant, fresh = own_copy(bootstrapped, tmp_path)
+    monkeypatch.setenv("GENSAR_QDRANT__PATH", str(qdrant.path))  # the actor reads its settings from the environment
+    produce(kafka, [full.items[i] for i in late], fresh)
+    ensure_ray(num_cpus=2)
+    try:
+        actor = Collaborative.remote(str(state), kafka, ds,
+                                     LearnerSettings(collaborative=CollaborativeSettings(every_seconds=1.0)))
+        running = actor.run.remote()
+        assert ray.get(actor.map_version.remote(), timeout=120) == "v1"
+        maps = MapStore(IdentifierSettings.maps_dir(state))
+        deadline = time.monotonic() + 120
+        while not set(late) & set(maps.load().item_ids) and time.monotonic() < deadline:
+            time.sleep(1)
+        ray.get(actor.stop.remote())
+        published = ray.get(running, timeout=60)
+    finally:
+        ray.shutdown()
+    assert published and published == maps.versions()[1:]
+    assert set(late) & set(maps.load().item_ids)
