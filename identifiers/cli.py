@@ -74,7 +74,7 @@ def stats(
 ) -> None:
     """Collisions, codebook utilisation and perplexity per level, reconstruction, prefix sharing."""
     from gensar.settings import Settings
-    from identifiers.artifacts import ArtifactError
+    from gensar.artifacts import ArtifactError
     from identifiers.idmap import MapStore
     from identifiers.settings import IdentifierSettings
 

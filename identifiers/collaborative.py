@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load as load_tensors, save as save_tensors
 
 from gensar.events import InteractionEvent
-from identifiers.artifacts import read_artifact, write_artifact
+from gensar.artifacts import read_artifact, write_artifact
 
 
 class CollaborativeConfig(BaseModel):

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load as load_tensors, save as save_tensors
 
-from identifiers.artifacts import ArtifactError, read_artifact, write_artifact
+from gensar.artifacts import ArtifactError, read_artifact, write_artifact
 
 FORMAT = "gensar-idmap"
 FORMAT_VERSION = 1

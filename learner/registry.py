@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from gensar.events import ModelVersion
-from identifiers.artifacts import ArtifactError, read_artifact, write_artifact
+from gensar.artifacts import ArtifactError, read_artifact, write_artifact
 
 Status = Literal["candidate", "promoted", "rejected", "rolled-back"]
 Task = Literal["joint", "search", "rec"]

@@ -7,7 +7,7 @@
                                                               it was trained against, step
     manifest.json                                             sha256 of every file (verified on load)
 
-Written atomically (identifiers.artifacts): a reader sees a complete artifact or none.
+Written atomically (gensar.artifacts): a reader sees a complete artifact or none.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
-from identifiers.artifacts import ArtifactError, read_artifact, write_artifact
+from gensar.artifacts import ArtifactError, read_artifact, write_artifact
 from model.modeling import ModelSettings
 from model.tasks import RenderSettings
 from model.vocab import IdLayout, Vocabulary

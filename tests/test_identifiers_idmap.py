@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from identifiers.artifacts import ArtifactError
+from gensar.artifacts import ArtifactError
 from identifiers.idmap import IdentifierMap, MapStore
 
 
@@ -79,7 +79,7 @@ def test_damage_is_detected_and_names_the_file(tmp_path, target):
 
 
 def test_no_partial_artifact_is_left_when_writing_fails(tmp_path, monkeypatch):
-    import identifiers.artifacts as artifacts
+    import gensar.artifacts as artifacts
 
     def fail(*_):
         raise OSError("disk full")

@@ -11,7 +11,7 @@ import torch
 
 from gensar.data import Dataset, leave_one_out
 from gensar.events import InteractionEvent, ItemUpsert, SearchEvent
-from identifiers.artifacts import ArtifactError
+from gensar.artifacts import ArtifactError
 from identifiers.constraints import PrefixConstraint
 from identifiers.idmap import IdentifierMap
 from identifiers.semantic import item_texts

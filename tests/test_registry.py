@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from identifiers.artifacts import ArtifactError
+from gensar.artifacts import ArtifactError
 from learner.registry import (LocalArtifactStore, Manifest, Registry, RegistryError, TrainingWindow,
                               kafka_announcer, read_announcements)
 
