@@ -2,7 +2,7 @@
 
 The buffer keeps the RECENT window (what the next refresh learns from) and a reservoir of
 OLDER samples replayed beside it against forgetting. Redelivered samples are dropped by
-source event id. Offsets are committed only after the buffer is saved, so a learner that
+sample id (stable per source event, task and target: streams.state.sample_id). Offsets are committed only after the buffer is saved, so a learner that
 dies re-reads from its last commit, loads its last save, and the duplicates fall away.
 """
 
@@ -35,8 +35,8 @@ class SampleBuffer:
         return len(self.recent)
 
     def add(self, sample: TrainingSample) -> bool:
-        """Add a sample unless its source event was seen already; returns whether added."""
-        key = f"{sample.task}:{sample.source_event_id}"
+        """Add a sample unless it was seen already; returns whether added."""
+        key = sample.event_id
         if key in self._ids:
             return False
         self._ids[key] = None
@@ -103,7 +103,8 @@ class SampleConsumer:
             TRAINING_SAMPLES.full_name(kafka), **kafka.client_options(), group_id=group,
             client_id=f"{group}-samples", enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level="read_committed",  # never samples of an aborted stream transaction
-            max_poll_records=2000)
+            # The intake does not poll while a refresh trains; a CPU refresh can take minutes.
+            max_poll_interval_ms=3_600_000, max_poll_records=2000)
         self.invalid = 0  # samples the stream workers should never have emitted
 
     def poll(self, buffer: SampleBuffer, timeout_ms: int = 1000) -> int:

@@ -19,11 +19,13 @@ def sample(i: int, task: str = "rec") -> TrainingSample:
                           query="a query" if task == "search" else None)
 
 
-def test_buffer_drops_duplicates_by_task_and_source_event():
+def test_buffer_drops_redelivered_samples_by_sample_id():
     buffer = SampleBuffer()
     assert buffer.add(sample(1)) and not buffer.add(sample(1))
     assert buffer.add(sample(1, task="search")), "a search and a rec sample of one event are distinct"
-    assert len(buffer) == 2
+    second_click = sample(1, task="search").model_copy(update={"event_id": "s-search-1/1", "target_item": "9"})
+    assert buffer.add(second_click), "a search with two clicked items yields two samples"
+    assert len(buffer) == 3
 
 
 def test_drain_replays_older_samples_and_the_reservoir_stays_bounded():
