@@ -172,8 +172,8 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
     collaborative = None
     if settings.collaborative.every_seconds > 0 and idmap_path is None:
         collaborative = Collaborative.remote(str(state_dir), kafka, ds, settings)
+        collaborative_run = collaborative.run.remote()  # first: `map_version` waits for it to start
         log.info("collaborative updater following identifier map %s", ray.get(collaborative.map_version.remote()))
-        collaborative_run = collaborative.run.remote()
     decided: list[ModelVersion] = []
     last_refresh = last_arrival = time.monotonic()
     seen = 0
