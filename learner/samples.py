@@ -28,11 +28,37 @@ class SampleBuffer:
         self.recent: deque[TrainingSample] = deque()
         self.reservoir: list[TrainingSample] = []
         self.seen_total = 0  # samples that ever left the recent window (reservoir sampling)
-        self._ids: OrderedDict[str, None] = OrderedDict()  # the most recent source event ids
+        self._ids: OrderedDict[str, None] = OrderedDict()  # the most recent sample ids
         self._rng = random.Random(seed)
+        # The oldest recent samples a refresh is training on. Not saved: a buffer is saved
+        # before a refresh takes its samples, so a restart trains on them again.
+        self.in_flight = 0
 
     def __len__(self) -> int:
         return len(self.recent)
+
+    def pending(self) -> int:
+        """Samples waiting for the next refresh."""
+        return len(self.recent) - self.in_flight
+
+    def take(self) -> tuple[list[TrainingSample], list[TrainingSample]]:
+        """The next refresh's samples (every recent one) and its replay draw; they stay in
+        the buffer, and samples keep arriving behind them, until `retire`."""
+        self.in_flight = len(self.recent)
+        recent = list(self.recent)
+        return recent, self.peek_replay(len(recent))
+
+    def retire(self) -> None:
+        """The refresh of the last `take` is decided: its samples age into the reservoir."""
+        self.drain(self.in_flight)
+        self.in_flight = 0
+
+    def bound(self) -> None:
+        """At most `window` recent samples: the oldest go to the reservoir untrained, but
+        never while a refresh trains on them."""
+        overflow = len(self.recent) - self.window
+        if overflow > 0 and not self.in_flight:
+            self.drain(overflow)
 
     def add(self, sample: TrainingSample) -> bool:
         """Add a sample unless it was seen already; returns whether added."""

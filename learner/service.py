@@ -15,7 +15,8 @@ merged weights and the serving weights, and moving them between processes would 
 more than the scoring.
 
 Delivery: before a refresh the intake saves its buffer and notes its consumer positions;
-only after the refresh's decision is in the registry are those positions committed. A
+only after the refresh's decision is in the registry are those positions committed. The
+intake keeps reading while a refresh trains, so the stream never waits on training. A
 learner killed mid-refresh publishes nothing (artifacts are written whole or not at all)
 and, restarted, reads again from its last commit; the buffer drops what it already holds.
 """
@@ -54,24 +55,22 @@ class Intake:
         self.snapshot_positions = None
 
     def poll(self, timeout_ms: int = 500) -> int:
-        """New samples moved into the buffer; returns how many are pending."""
+        """New samples moved into the buffer; returns how many wait for the next refresh."""
         self.consumer.poll(self.buffer, timeout_ms=timeout_ms)
-        # A window bound: beyond it the oldest pending samples go straight to the reservoir.
-        overflow = len(self.buffer) - self.buffer.window
-        if overflow > 0:
-            self.buffer.drain(overflow)
-        return len(self.buffer)
+        self.buffer.bound()
+        return self.buffer.pending()
 
     def snapshot(self) -> tuple[list[TrainingSample], list[TrainingSample]]:
         """What the next refresh trains on; saved (with the buffer) before any training."""
         self.buffer.save(self.path)
         self.snapshot_positions = self.consumer.positions()
-        recent = list(self.buffer.recent)
-        return recent, self.buffer.peek_replay(len(recent))
+        return self.buffer.take()
 
-    def done(self, count: int) -> None:
-        """The refresh of the last snapshot is decided: retire its samples, commit."""
-        self.buffer.drain(count)
+    def done(self) -> None:
+        """The refresh of the last snapshot is decided: retire its samples, commit. What
+        arrived while it trained stays for the next one (saved; its offsets are committed
+        with the next decision, and a redelivery is dropped by sample id)."""
+        self.buffer.retire()
         self.buffer.save(self.path)
         self.consumer.commit(self.snapshot_positions)
 
@@ -193,13 +192,16 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
                     version = next_version(registry)
                     log.info("refresh %s started on %d recent + %d replayed samples", version, len(recent),
                              len(replayed))
-                    decision = ray.get(trainer.refresh.remote(recent, replayed, version))
+                    training = trainer.refresh.remote(recent, replayed, version)
+                    while not ray.wait([training], timeout=1.0)[0]:  # the intake reads on meanwhile
+                        PENDING.set(ray.get(intake.poll.remote()))
+                    decision = ray.get(training)
                     DECISIONS.labels(decision.status).inc()
                     log.info("refresh %s (%s): %s (%s)", decision.version, decision.task, decision.status,
                              decision.reason)
                     decided.append(decision)
                 REFRESH_SECONDS.observe(time.perf_counter() - started)
-                ray.get(intake.done.remote(len(recent)))
+                ray.get(intake.done.remote())
                 last_refresh, seen = time.monotonic(), 0
             elif idle_exit_seconds is not None and now - last_arrival > idle_exit_seconds:
                 break

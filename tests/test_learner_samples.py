@@ -28,6 +28,23 @@ def test_buffer_drops_redelivered_samples_by_sample_id():
     assert len(buffer) == 3
 
 
+def test_samples_arriving_while_a_refresh_trains_wait_for_the_next_one():
+    buffer = SampleBuffer(window=10, replay=100)
+    for i in range(8):
+        buffer.add(sample(i))
+    taken, _ = buffer.take()
+    assert [s.target_item for s in taken] == [str(i) for i in range(8)] and buffer.pending() == 0
+    for i in range(8, 20):  # past the window while the refresh trains: nothing it holds is dropped
+        buffer.add(sample(i))
+        buffer.bound()
+    assert buffer.pending() == 12 and [s.target_item for s in buffer.recent][:8] == [str(i) for i in range(8)]
+    buffer.retire()
+    assert [s.target_item for s in buffer.recent] == [str(i) for i in range(8, 20)]
+    assert {s.target_item for s in buffer.reservoir} == {str(i) for i in range(8)}
+    buffer.bound()  # no refresh in flight: the window holds again, the oldest pending age out
+    assert [s.target_item for s in buffer.recent] == [str(i) for i in range(10, 20)] and buffer.pending() == 10
+
+
 def test_drain_replays_older_samples_and_the_reservoir_stays_bounded():
     buffer = SampleBuffer(replay=50, seed=1)
     for i in range(200):
