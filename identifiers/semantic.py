@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from gensar.data import Dataset
-from gensar.events import SearchEvent
+from gensar.events import ItemUpsert, SearchEvent
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 DIM = 384
@@ -41,13 +41,19 @@ def item_texts(dataset: Dataset, train_events: Iterable, config: SemanticConfig 
                 tags[item][event.query.lower()] += 1
     texts = {}
     for item_id, item in dataset.items.items():
-        parts = [item.title]
-        if genres := item.fields.get("genres"):
-            parts.append(f"Genres: {genres}")
-        if top := [tag for tag, _ in sorted(tags[item_id].items(), key=lambda kv: (-kv[1], kv[0]))[: config.max_tags]]:
-            parts.append(f"Tags: {', '.join(top)}")
-        texts[item_id] = ". ".join(parts)
+        top = sorted(tags[item_id].items(), key=lambda kv: (-kv[1], kv[0]))[: config.max_tags]
+        texts[item_id] = item_text(item, [tag for tag, _ in top])
     return texts
+
+
+def item_text(item: ItemUpsert, tags: Sequence[str] = ()) -> str:
+    """'<title>. Genres: <genres>. Tags: <tags>', the parts an item has (a new item: no tags yet)."""
+    parts = [item.title]
+    if genres := item.fields.get("genres"):
+        parts.append(f"Genres: {genres}")
+    if tags:
+        parts.append(f"Tags: {', '.join(tags)}")
+    return ". ".join(parts)
 
 
 def _model_tag() -> str:

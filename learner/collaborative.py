@@ -36,7 +36,7 @@ from identifiers.build import collaborative_dir
 from identifiers.collaborative import Item2Vec
 from identifiers.collisions import CapacityError
 from identifiers.idmap import IdentifierMap, MapStore
-from identifiers.semantic import SemanticEncoder
+from identifiers.semantic import SemanticEncoder, item_text
 from identifiers.settings import IdentifierSettings, QdrantSettings
 from identifiers.vectors import ItemVectorStore
 from learner.settings import CollaborativeSettings
@@ -46,13 +46,6 @@ log = logging.getLogger("gensar.learner.collaborative")
 
 def consumer_group(kafka: KafkaSettings) -> str:
     return f"{kafka.topic_prefix}learner-collaborative"
-
-
-def item_text(upsert: ItemUpsert) -> str:
-    """The text a new item is embedded from: the bootstrap's form without tags (it has no
-    search history yet)."""
-    genres = upsert.fields.get("genres")
-    return f"{upsert.title}. Genres: {genres}" if genres else upsert.title
 
 
 @dataclass
@@ -75,15 +68,14 @@ class CollaborativeUpdater:
         self.coder = coder(self.idmap)
         self.state_root = Path(state_dir) / "learner" / "item2vec"
         self.item2vec = self._load_item2vec(Path(state_dir))
-        self.catalogue = {i: ItemUpsert(event_id=f"catalogue-{i}", timestamp=0.0, item_id=i, title=item.title,
-                                        fields=item.fields) for i, item in ds.items.items()}
+        self.catalogue: dict[str, ItemUpsert] = dict(ds.items)  # then the items topic's upserts
         self.encoder = SemanticEncoder(self.ids.cache_path(), self.ids.device, self.ids.encode_batch_size,
                                        progress=False)
         self.vectors = ItemVectorStore(qdrant)
         group = consumer_group(kafka)
         self.items_topic = ITEMS.full_name(kafka)
         self.consumer = KafkaConsumer(
-            TRAINING_SAMPLES.full_name(kafka), ITEMS.full_name(kafka), **kafka.client_options(), group_id=group,
+            TRAINING_SAMPLES.full_name(kafka), self.items_topic, **kafka.client_options(), group_id=group,
             client_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level="read_committed", max_poll_records=5000)
         self.invalid = 0
@@ -205,8 +197,12 @@ class CollaborativeUpdater:
 
     # --- Item2Vec state ---------------------------------------------------------------
 
+    def _saved_states(self) -> list[Path]:
+        """The saved Item2Vec states s1, s2, …, oldest first."""
+        return sorted(self.state_root.glob("s*"), key=lambda p: int(p.name[1:])) if self.state_root.is_dir() else []
+
     def _load_item2vec(self, state_dir: Path) -> Item2Vec:
-        saved = sorted(self.state_root.glob("s*"), key=lambda p: int(p.name[1:])) if self.state_root.is_dir() else []
+        saved = self._saved_states()
         return Item2Vec.load(saved[-1] if saved else collaborative_dir(state_dir, self._bootstrap_version()))
 
     def _bootstrap_version(self) -> str:
@@ -216,7 +212,7 @@ class CollaborativeUpdater:
         return idmap.version
 
     def _save_item2vec(self) -> None:
-        saved = sorted(self.state_root.glob("s*"), key=lambda p: int(p.name[1:])) if self.state_root.is_dir() else []
+        saved = self._saved_states()
         number = int(saved[-1].name[1:]) + 1 if saved else 1
         self.item2vec.save(self.state_root / f"s{number}")
         for old in saved:  # the new state is whole on disk: the older ones are not needed

@@ -2,8 +2,9 @@
 
 The buffer keeps the RECENT window (what the next refresh learns from) and a reservoir of
 OLDER samples replayed beside it against forgetting. Redelivered samples are dropped by
-sample id (stable per source event, task and target: streams.state.sample_id). Offsets are committed only after the buffer is saved, so a learner that
-dies re-reads from its last commit, loads its last save, and the duplicates fall away.
+sample id (stable per source event, task and target: streams.state.sample_id). Offsets
+are committed only after the buffer is saved, so a learner that dies re-reads from its
+last commit, loads its last save, and the duplicates fall away.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class SampleConsumer:
             TRAINING_SAMPLES.full_name(kafka), **kafka.client_options(), group_id=group,
             client_id=f"{group}-samples", enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level="read_committed",  # never samples of an aborted stream transaction
-            # The intake does not poll while a refresh trains; a CPU refresh can take minutes.
+            # The learner's loop polls about every second, also while a refresh trains; the
+            # margin keeps the assignment through a stalled driver or a slow snapshot.
             max_poll_interval_ms=3_600_000, max_poll_records=2000)
         self.invalid = 0  # samples the stream workers should never have emitted
 

@@ -25,7 +25,7 @@ class StreamSettings(BaseSettings):
     # least the model's RenderSettings.history_events (10), which is all it reads.
     sample_events: int = Field(20, ge=1, le=1000)
     # exactly_once: Kafka transactions (outputs, changelogs and offsets commit together);
-    # at_least_once: faster, but a crash can repeat samples (dedup by source_event_id).
+    # at_least_once: faster, but a crash can repeat samples (dedup by the sample's event_id).
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     # How often offsets are committed (and, exactly-once, transactions closed). Samples
     # become visible to read_committed consumers at a commit, so this bounds latency.

@@ -1,11 +1,10 @@
 """What the stream workers keep and emit, as pure functions (no Kafka here).
 
 A user's state holds the latest `history_length` interacted items and the latest
-`search_history_length` queries (with the item first clicked for each), each entry tagged
-with its event-order key
-(timestamp, is-search, event id) — the same total order the dataset uses
-(gensar.data.event_order). Entries are kept sorted by that key, not by arrival, so the
-final state does not depend on how the two user topics interleave.
+`search_history_length` queries (with the item first clicked for each), each entry
+tagged with its event-order key (timestamp, is-search, event id) — the same total order
+the dataset uses (gensar.data.event_order). Entries are kept sorted by that key, not by
+arrival, so the final state does not depend on how the two user topics interleave.
 
 Point in time: the sample for an event carries only entries whose key is smaller than the
 event's own key: nothing at or after the event leaks into its history, even when the
@@ -81,19 +80,23 @@ def insert_bounded(entries: list[tuple], entry: tuple, limit: int) -> list[tuple
     return sorted({e[:3]: e for e in (*entries, entry)}.values())[-limit:]
 
 
+def earlier(entries: list[tuple], key: OrderKey | None) -> list[tuple]:
+    """The entries strictly earlier than `key` (all when None), in their order."""
+    return entries if key is None else [e for e in entries if tuple(e[:3]) < key]
+
+
 def before(entries: list[tuple], key: OrderKey, limit: int) -> list[str]:
     """Values (item id or query) of the entries strictly earlier than `key`, oldest first,
     at most `limit`."""
-    return [e[3] for e in entries if tuple(e[:3]) < key][-limit:]
+    return [e[3] for e in earlier(entries, key)][-limit:]
 
 
 def merged_history(state: UserState, key: OrderKey | None = None, limit: int | None = None) -> list[HistoryEntry]:
     """Both histories in one, in event order, strictly earlier than `key` (all when None),
     the latest `limit` of them: the history the model renders. A search is its query and
     first clicked item; a search without a click has no item to render and is left out."""
-    items = [e for e in state.items if key is None or tuple(e[:3]) < key]
-    searches = [e for e in state.queries if e[4] is not None and (key is None or tuple(e[:3]) < key)]
-    merged = sorted([*items, *searches])  # entries sort by their order key: (timestamp, is_search, event id)
+    searches = [e for e in earlier(state.queries, key) if e[4] is not None]
+    merged = sorted([*earlier(state.items, key), *searches])  # entries sort by their order key: (timestamp, is_search, event id)
     if limit is not None:
         merged = merged[-limit:]
     return [HistoryEntry(item_id=e[4], query=e[3], timestamp=e[0]) if e[1] else
