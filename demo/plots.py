@@ -1,12 +1,13 @@
-"""Line charts as self-contained SVG (no plotting library, no CDN): the status page and the
-report draw the same charts."""
+"""Prequential HR@10 over the replay as PNG line charts (matplotlib, headless Agg backend):
+the status page shows them inline and the report writes them next to report.md."""
 
 from __future__ import annotations
 
-from html import escape
+import io
 
-COLOURS = {"live": "#1f77b4", "frozen": "#ff7f0e"}
-DASHES = {"frozen": "5,3"}  # dashed: where live and frozen agree, both stay visible
+from matplotlib.figure import Figure  # not pyplot: no global state, no display, safe in server threads
+
+STYLES = {"live": {"color": "#1f77b4"}, "frozen": {"color": "#ff7f0e", "linestyle": "--"}}  # dashed: both visible where they agree
 
 
 def rolling(values: list[float], window: int) -> list[float]:
@@ -17,44 +18,24 @@ def rolling(values: list[float], window: int) -> list[float]:
     return out
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], width: int = 520, height: int = 220,
-               y_label: str = "") -> str:
-    """series: name -> [(x, y)]; x is seconds since the start, y in [0, 1]."""
-    pad_l, pad_r, pad_t, pad_b = 44, 10, 24, 30
-    xs = [x for points in series.values() for x, _ in points] or [0.0, 1.0]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1e-9)
-    ys = [y for points in series.values() for _, y in points] or [1.0]
-    y1 = max(max(ys), 1e-3) * 1.1
-    sx = lambda x: pad_l + (x - x0) / (x1 - x0) * (width - pad_l - pad_r)  # noqa: E731
-    sy = lambda y: height - pad_b - y / y1 * (height - pad_t - pad_b)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<text x="{pad_l}" y="14" font-weight="bold">{escape(title)}</text>',
-             f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - pad_r}" y2="{height - pad_b}" stroke="#888"/>',
-             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#888"/>',
-             f'<text x="{pad_l - 4}" y="{sy(0) + 4:.0f}" text-anchor="end">0</text>',
-             f'<text x="{pad_l - 4}" y="{sy(y1 / 1.1) + 4:.0f}" text-anchor="end">{y1 / 1.1:.2f}</text>',
-             f'<text x="{width - pad_r}" y="{height - 8}" text-anchor="end">{x1 - x0:.0f} s</text>',
-             f'<text x="{pad_l}" y="{height - 8}">{escape(y_label)}</text>']
-    for i, (name, points) in enumerate(series.items()):
-        colour = COLOURS.get(name, "#2ca02c")
-        if points:
-            path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(points))
-            dash = f' stroke-dasharray="{DASHES[name]}"' if name in DASHES else ""
-            parts.append(f'<path class="series" d="{path}" fill="none" stroke="{colour}" stroke-width="1.8"{dash}/>')
-        parts.append(f'<text x="{width - pad_r - 150 + 70 * i}" y="14" fill="{colour}">■ {escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def prequential_charts(records, window: int = 50) -> dict[str, str]:
-    """Rolling HR@10 over the replay, live vs frozen, one chart per task."""
+def prequential_charts(records, window: int = 50) -> dict[str, bytes]:
+    """task -> PNG of rolling HR@10 against wall time since the first prediction, live vs frozen."""
     charts = {}
     t0 = records[0].at if records else 0.0
     for task in ("search", "rec"):
         rows = [r for r in records if r.task == task]
         times = [r.at - t0 for r in rows]
-        series = {"live": list(zip(times, rolling([r.live_hit for r in rows], window))),
-                  "frozen": list(zip(times, rolling([r.frozen_hit for r in rows], window)))}
-        charts[task] = line_chart(f"{task}: prequential HR@10 (rolling {window})", series, y_label="wall time")
+        fig = Figure(figsize=(5.6, 2.4), dpi=100)
+        ax = fig.subplots()
+        for name, hits in (("live", [r.live_hit for r in rows]), ("frozen", [r.frozen_hit for r in rows])):
+            ax.plot(times, rolling(hits, window), label=name, linewidth=1.6, **STYLES[name])
+        ax.set_title(f"{task}: prequential HR@10 (rolling {window}, {len(rows)} predictions)", fontsize=10)
+        ax.set_xlabel("wall time (s)", fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=8, loc="upper right")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        charts[task] = buffer.getvalue()
     return charts

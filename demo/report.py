@@ -1,5 +1,5 @@
 """What the demo measured: the summary (live vs frozen per task, freshness, versions and
-gate decisions) as a table on the console and a report (markdown + SVG charts + JSON)."""
+gate decisions) as a table on the console and a report (markdown + PNG charts + JSON)."""
 
 from __future__ import annotations
 
@@ -90,18 +90,18 @@ def markdown(summary: Summary) -> str:
     for v in summary.versions:
         lag = f"{v.freshness_s:.1f}" if v.freshness_s is not None else "-"
         lines.append(f"| {v.version} | {v.task} | {v.status} | {v.samples} | {lag} | {v.reason} |")
-    lines += ["", "## Prequential HR@10 over the replay", "", "![search](search.svg)", "", "![rec](rec.svg)", ""]
+    lines += ["", "## Prequential HR@10 over the replay", "", "![search](search.png)", "", "![rec](rec.png)", ""]
     return "\n".join(lines)
 
 
 def write_report(directory: Path, summary: Summary, records: list[Record]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"summary.json": summary.model_dump_json(indent=1), "report.md": markdown(summary),
-             **{f"{task}.svg": svg for task, svg in prequential_charts(records).items()}}
-    for name, text in files.items():
+    files = {"summary.json": summary.model_dump_json(indent=1).encode(), "report.md": markdown(summary).encode(),
+             **{f"{task}.png": png for task, png in prequential_charts(records).items()}}
+    for name, content in files.items():
         tmp = directory / (name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, directory / name)

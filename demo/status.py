@@ -1,7 +1,7 @@
 """The status page: a small FastAPI companion on loopback, run by the demo beside the Serve
 app. One HTML page (no CDN: everything inline) whose script polls /api/state: what serves
 and since when, the version history with gate decisions, prequential HR@10 over time (live
-vs frozen, SVG), the stream worker's consumer lag and dead letters; a search box and a
+vs frozen, PNG), the stream worker's consumer lag and dead letters; a search box and a
 per-user recommendation view that ask the live endpoint. `/?q=...&user=...` runs both on load."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
 
 from demo.plots import prequential_charts
 from demo.prequential import Record
@@ -61,9 +61,20 @@ def create_app(root: Path, serve_url: str, streams_metrics_url: str) -> FastAPI:
                                       ("gensar_stream_consumer_lag", "gensar_stream_dead_letters"))
         except httpx.HTTPError:
             streams = {}
-        rows = records()
-        return {"serving": serving, "history": history, "streams": streams, "predictions": len(rows),
-                "charts": prequential_charts(rows)}
+        return {"serving": serving, "history": history, "streams": streams, "predictions": len(records())}
+
+    drawn: dict[str, object] = {"n": -1, "charts": {}}  # the charts of the last record count (the page polls)
+    drawing = threading.Lock()
+
+    @app.get("/charts/{task}.png")
+    def chart(task: str) -> Response:
+        with drawing:
+            rows = records()
+            if drawn["n"] != len(rows):
+                drawn.update(n=len(rows), charts=prequential_charts(rows))
+        if task not in drawn["charts"]:
+            raise HTTPException(404, f"no chart for task {task!r}: search or rec")
+        return Response(drawn["charts"][task], media_type="image/png")
 
     @app.get("/api/search")
     def search(q: str) -> dict:
@@ -108,7 +119,7 @@ input{padding:4px}ol{font-size:13px}
 <div class="box"><h2>Serving</h2><table id="serving"><tr><th>task</th><th>version</th><th>identifier map</th><th>age</th></tr></table></div>
 <div class="box"><h2>Streams</h2><table id="streams"></table></div>
 <h2>Prequential HR@10: live vs frozen bootstrap copy (<span id="predictions">0</span> predictions)</h2>
-<div class="charts" id="charts"></div>
+<div class="charts"><img class="chart" id="chart-search" alt="search: prequential HR@10"><img class="chart" id="chart-rec" alt="rec: prequential HR@10"></div>
 <h2>Versions and gate decisions</h2>
 <table id="history"><tr><th>version</th><th>task</th><th>status</th><th>samples</th><th>reason</th></tr></table>
 <div class="box"><h2>Search</h2><form id="search-form"><input id="q" placeholder="a query, e.g. comedy"> <button>search</button></form>
@@ -125,8 +136,10 @@ async function refresh(){
   rows('streams',0,[['consumer lag',s.streams.gensar_stream_consumer_lag ?? 'n/a'],['dead letters',s.streams.gensar_stream_dead_letters ?? 'n/a']]);
   rows('history',1,s.history.slice().reverse().map(h=>[h.version,h.task,h.status,h.samples,h.reason]));
   document.getElementById('predictions').textContent=s.predictions;
-  document.getElementById('charts').innerHTML=Object.values(s.charts).join('');
+  for(const task of ['search','rec']){const img=document.getElementById('chart-'+task);
+    if(img.dataset.n!=String(s.predictions)){img.dataset.n=s.predictions;img.src='/charts/'+task+'.png?n='+s.predictions;}}
 }
+for(const img of document.querySelectorAll('img.chart'))img.onload=()=>{img.dataset.width=img.naturalWidth;};
 async function show(url, list, label){
   const a=await (await fetch(url)).json();const ol=document.getElementById(list);ol.innerHTML='';
   for(const it of a.items){const li=document.createElement('li');li.className='result';li.textContent=it.title+' ('+it.id+')';ol.appendChild(li);}

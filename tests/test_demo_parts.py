@@ -3,15 +3,20 @@ slice written back in the MovieLens layout, Prometheus sums for the status page.
 
 from __future__ import annotations
 
+import io
+import json
 import math
+
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from gensar import data as datasets
 from identifiers.build import top_items_slice
 
 from demo.bootstrap import write_movielens
-from demo.plots import line_chart, rolling
-from demo.prequential import Histories, rank_metrics
-from demo.status import prometheus_sums
+from demo.plots import prequential_charts, rolling
+from demo.prequential import Histories, Record, rank_metrics
+from demo.status import create_app, prometheus_sums
 
 
 def test_rank_metrics():
@@ -26,9 +31,30 @@ def test_rolling_mean():
     assert rolling([1, 0, 1, 1], 2) == [1.0, 0.5, 0.5, 1.0]
 
 
-def test_line_chart_draws_each_series():
-    svg = line_chart("t", {"live": [(0, 0.1), (5, 0.2)], "frozen": [(0, 0.1), (5, 0.05)]})
-    assert svg.startswith("<svg") and svg.count('class="series"') == 2
+def records(n: int) -> list[Record]:
+    return [Record(at=100.0 + i, event_time=float(i), task=("search", "rec")[i % 2], live_version="r0001",
+                   live_hit=float(i % 3 == 0), live_ndcg=0.5 * (i % 3 == 0), frozen_hit=float(i % 5 == 0),
+                   frozen_ndcg=0.3 * (i % 5 == 0)) for i in range(n)]
+
+
+def test_charts_are_pngs_of_each_task():
+    charts = prequential_charts(records(40))
+    assert set(charts) == {"search", "rec"}
+    for png in charts.values():
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and image.size == (560, 240)
+        assert len(set(image.convert("RGB").getdata())) > 10  # lines and text drawn, not a blank canvas
+
+
+def test_status_page_serves_charts_and_refuses_unknown_tasks(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "prequential.jsonl").write_text("".join(json.dumps(r.__dict__) + "\n" for r in records(10)))
+    client = TestClient(create_app(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9/metrics"))
+    answer = client.get("/charts/rec.png")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert answer.content.startswith(b"\x89PNG")
+    missing = client.get("/charts/clicks.png")
+    assert missing.status_code == 404 and "search or rec" in missing.json()["detail"]
 
 
 def test_histories_keep_interactions_only(bundled_data):
