@@ -78,14 +78,16 @@ class Candidates:
     filled: np.ndarray  # (N,) negatives that had to be random fill (search)
 
 
-def paper_candidates(ds: Dataset, item_index: dict[str, int], case_list: Sequence[Case], bm25, seed: int = 0,
-                     negatives: int = N_NEGATIVES) -> Candidates:
-    """rec: 99 random items the user never touched (in any event of the dataset);
-    search: the 99 best BM25 items for the query that are not the true item, random fill
-    when fewer than 99 score above zero. Seeded per case: every system sees the same lists."""
-    touched: dict[str, set[int]] = defaultdict(set)
-    for e in ds.user_events():
-        touched[e.user_id].add(item_index[target_item(e)])
+def paper_candidates(ds: Dataset | None, item_index: dict[str, int], case_list: Sequence[Case], bm25, seed: int = 0,
+                     negatives: int = N_NEGATIVES, touched: dict[str, set[int]] | None = None) -> Candidates:
+    """rec: 99 random items the user never touched (`touched`: user -> item rows; default:
+    in any event of `ds`); search: the 99 best BM25 items for the query that are not the
+    true item, random fill when fewer than 99 score above zero. Seeded per case: every
+    system sees the same lists."""
+    if touched is None:
+        touched = defaultdict(set)
+        for e in ds.user_events():
+            touched[e.user_id].add(item_index[target_item(e)])
     n_items = len(item_index)
     rows = np.zeros((len(case_list), negatives + 1), np.int64)
     filled = np.zeros(len(case_list), np.int64)
@@ -93,7 +95,7 @@ def paper_candidates(ds: Dataset, item_index: dict[str, int], case_list: Sequenc
         rng = _rng(seed, case)
         target = item_index[case.target]
         if case.task == "rec":
-            forbid = touched[case.user_id] | {target}
+            forbid = touched.get(case.user_id, set()) | {target}
             chosen = _random_excluding(rng, n_items, forbid, negatives)
         else:
             scores = bm25.scores(case.query)

@@ -12,13 +12,15 @@ than the margin on either task, is published as rejected with the reason, never 
 
 Identifier maps: with a map store, each refresh trains against the LATEST map version
 (the collaborative updater's, learner.collaborative), and the serving version is scored
-with the map it was trained on; both on the held-out samples whose target both maps know.
+with the map it was trained on; both rank the same held-out cases among the same
+candidates, drawn from the items both maps know.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections import defaultdict
 import time
 from pathlib import Path
 
@@ -27,9 +29,10 @@ import peft
 import torch
 import transformers
 
+from evaluation.baselines import BM25Search
 from evaluation.generative import GenerativeSystem
 from evaluation.metrics import expected_metrics, rank_counts
-from evaluation.protocols import Case
+from evaluation.protocols import Case, paper_candidates
 from gensar.events import ModelVersion, TrainingSample
 from identifiers.idmap import MapStore
 from learner.lora import NonFiniteLoss, merged, save_adapter, tune
@@ -55,18 +58,36 @@ def as_case(sample: TrainingSample) -> Case:
 # --- the gate ----------------------------------------------------------------------------------
 
 
-def evaluate(gm: GenSARModel, renderer: Renderer, samples: list[TrainingSample], beam_size: int) -> dict[str, dict]:
-    """HR@10 / NDCG@10 per task over the full catalogue, with n, on held-out samples."""
-    item_index = {item: row for row, item in enumerate(renderer.idmap.item_ids)}
+class GateCases:
+    """The held-out samples both maps know, as harness cases with the paper protocol's
+    candidate lists (the true item among `negatives` others: for rec, random items outside
+    the user's history; for search, BM25 hard negatives for the query). Ranking among 100
+    tells versions apart where the full catalogue's HR@10 is 0 for both on a few hundred
+    cases; the same lists are used for the candidate and the serving version."""
+
+    def __init__(self, samples: list[TrainingSample], item_ids: list[str], item_text: dict[str, str], negatives: int,
+                 seed: int):
+        self.item_index = {item: row for row, item in enumerate(item_ids)}
+        bm25 = BM25Search([item_text.get(item, "") for item in item_ids])
+        self.by_task: dict[str, tuple[list[Case], np.ndarray]] = {}
+        for task in ("search", "rec"):
+            cases = [as_case(s) for s in samples if s.task == task and s.target_item in self.item_index]
+            if not cases:
+                continue
+            touched = defaultdict(set)
+            for case in cases:
+                touched[case.user_id] |= {self.item_index[e.item_id] for e in case.history if e.item_id in self.item_index}
+            self.by_task[task] = (cases, paper_candidates(None, self.item_index, cases, bm25, seed, negatives,
+                                                          touched).rows)
+
+
+def evaluate(gm: GenSARModel, renderer: Renderer, held_out: GateCases, beam_size: int) -> dict[str, dict]:
+    """HR@10 / NDCG@10 per task, with n, among each case's candidates."""
     out = {}
-    for task in ("search", "rec"):
-        cases = [as_case(s) for s in samples if s.task == task and s.target_item in item_index]
-        if not cases:
-            continue
-        system = GenerativeSystem(f"gate-{task}", task, gm, renderer, item_index, beam_size=beam_size)
-        scores = system.score(cases)
-        better, tied = rank_counts(scores, np.array([item_index[c.target] for c in cases]))
-        per_case = expected_metrics(better, tied)
+    for task, (cases, candidates) in held_out.by_task.items():
+        system = GenerativeSystem(f"gate-{task}", task, gm, renderer, held_out.item_index, beam_size=beam_size)
+        scores = system.score(cases, candidates)
+        per_case = expected_metrics(*rank_counts(scores, np.zeros(len(cases), np.int64)))  # column 0: the true item
         out[task] = {"n": len(cases), **{m: float(per_case[m].mean()) for m in GATE_METRICS}}
     return out
 
@@ -135,7 +156,8 @@ class Refresher:
             else self.base_renderer
         in_use = {r.idmap.version for r in (self.base_renderer, self.renderer, serving_renderer)}
         self._renderers = {v: r for v, r in self._renderers.items() if v in in_use}
-        holdout = [s for s in holdout if s.target_item in self.renderer.idmap and s.target_item in serving_renderer.idmap]
+        both_maps = [i for i in self.renderer.idmap.item_ids if i in serving_renderer.idmap]
+        held_out = GateCases(holdout, both_maps, self.renderer.item_text, settings.gate_negatives, settings.seed)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             parent_dir = self.registry.fetch(parent, Path(tmp) / "parent")[1] if parent else None
@@ -147,7 +169,7 @@ class Refresher:
                                        settings.lora, init_adapter=parent_dir)
                 save_adapter(adapted, adapter_dir)
                 candidate = self._with(adapted.merge_and_unload().eval(), self.renderer.idmap)
-                scores = {who: evaluate(gm, renderer, holdout, settings.gate_beam_size)
+                scores = {who: evaluate(gm, renderer, held_out, settings.gate_beam_size)
                           for who, gm, renderer in (("candidate", candidate, self.renderer),
                                                     ("serving", serving, serving_renderer))}
             except NonFiniteLoss as exc:

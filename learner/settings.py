@@ -44,8 +44,10 @@ class LearnerSettings(BaseSettings):
     replay: int = Field(8192, ge=0)  # reservoir of older samples replayed against forgetting
     holdout_fraction: float = Field(0.15, gt=0, lt=1)  # newest share of a window held out for the gate
     # Gate: a candidate is promoted unless HR@10 or NDCG@10 of either task falls more than
-    # this much (absolute) below the serving version on the same held-out recent events.
+    # this much (absolute) below the serving version on the same held-out recent events,
+    # each ranked among `gate_negatives` others (the paper protocol: learner.refresh.GateCases).
     gate_margin: float = Field(0.02, ge=0)
+    gate_negatives: int = Field(99, ge=1)
     gate_beam_size: int = Field(20, ge=1)
     adapters: Literal["joint", "per-task"] = "joint"
     lora: LoraSettings = LoraSettings()

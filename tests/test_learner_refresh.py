@@ -11,7 +11,7 @@ import pytest
 from gensar.data import event_order, target_item
 from gensar.events import HistoryEntry, InteractionEvent, TrainingSample
 from identifiers.idmap import IdentifierMap, MapStore
-from learner.refresh import Refresher, gate
+from learner.refresh import GateCases, Refresher, gate
 from learner.registry import LocalArtifactStore, Registry
 from learner.settings import LearnerSettings, RefreshTraining
 from model.artifact import GenSARModel
@@ -104,6 +104,23 @@ def test_gate_rule():
     ok, reason = gate({"rec": {"HR@10": 0.7, "NDCG@10": 0.5}, "search": {"HR@10": 0.3, "NDCG@10": 0.2}}, serving, 0.02)
     assert not ok and "search HR@10" in reason
     assert not gate({}, serving, 0.02)[0]
+
+
+def test_the_gate_ranks_held_out_cases_among_paper_protocol_candidates(world):
+    base, renderer, fresh = world
+    ids = list(renderer.idmap.item_ids)
+    held = GateCases(fresh, ids, renderer.item_text, negatives=20, seed=0)
+    assert set(held.by_task) == {"search", "rec"}
+    for task, (cases, candidates) in held.by_task.items():
+        assert candidates.shape == (len(cases), 21)
+        for case, row in zip(cases, candidates):
+            assert ids[row[0]] == case.target and len(set(row.tolist())) == 21
+            if task == "rec":  # random items outside the user's history
+                assert not {ids[r] for r in row[1:]} & {e.item_id for e in case.history}
+            else:  # BM25 hard negatives: the best ones share the query's word
+                assert case.query in renderer.item_text[ids[row[1]]]
+    again = GateCases(fresh, ids, renderer.item_text, negatives=20, seed=0)
+    assert all((again.by_task[t][1] == held.by_task[t][1]).all() for t in held.by_task)  # same lists for both versions
 
 
 def test_a_task_adapter_learns_and_is_gated_on_its_own_task_only(world, tmp_path):
