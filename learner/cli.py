@@ -34,6 +34,8 @@ def run(
 ) -> None:
     """Run the learner: consume training samples, refresh LoRA adapters, gate, publish."""
     import logging
+    import signal
+    import threading
 
     from prometheus_client import start_http_server
 
@@ -51,9 +53,12 @@ def run(
     if learner.metrics_port:
         start_http_server(learner.metrics_port, addr=learner.metrics_host)
     ensure_ray()
+    stop = threading.Event()  # SIGINT / SIGTERM (Ctrl-C, a pod's stop): end the loop, abandon a running refresh
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     decided = service.run(state_dir=settings.state_dir, kafka=settings.kafka, ds=load(data or settings.data_dir),
                           base_name=base, settings=learner, registry_root=RegistrySettings().root(settings.state_dir),
-                          idmap_path=idmap, max_refreshes=max_refreshes, idle_exit_seconds=idle_exit)
+                          idmap_path=idmap, max_refreshes=max_refreshes, idle_exit_seconds=idle_exit, stop=stop)
     for d in decided:
         console.print(f"{d.version}: {d.status} — {d.reason}")
 

@@ -24,6 +24,7 @@ and, restarted, reads again from its last commit; the buffer drops what it alrea
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -157,8 +158,12 @@ def next_version(registry: Registry) -> str:
 
 def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, settings: LearnerSettings,
         registry_root: Path, idmap_path: Path | None = None, max_refreshes: int | None = None,
-        idle_exit_seconds: float | None = None) -> list[ModelVersion]:
-    """Refresh until `max_refreshes` are decided, or no sample arrived for `idle_exit_seconds`."""
+        idle_exit_seconds: float | None = None, stop: threading.Event | None = None) -> list[ModelVersion]:
+    """Refresh until `max_refreshes` are decided, no sample arrived for `idle_exit_seconds`,
+    or `stop` is set. A refresh still training when `stop` is set is abandoned: it
+    publishes nothing, its offsets stay uncommitted, and the next start trains on its
+    samples again (as after a crash, without waiting minutes for a refresh to end)."""
+    stop = stop or threading.Event()
     registry = Registry(LocalArtifactStore(registry_root))
     intake = Intake.remote(kafka, str(state_dir / "learner" / "buffer.json"), settings, consumer_group(kafka))
     (state_dir / "learner").mkdir(parents=True, exist_ok=True)
@@ -177,7 +182,7 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
     last_refresh = last_arrival = time.monotonic()
     seen = 0
     try:
-        while max_refreshes is None or len(decided) < max_refreshes:
+        while not stop.is_set() and (max_refreshes is None or len(decided) < max_refreshes):
             pending = ray.get(intake.poll.remote())
             PENDING.set(pending)
             now = time.monotonic()
@@ -194,6 +199,11 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
                              len(replayed))
                     training = trainer.refresh.remote(recent, replayed, version)
                     while not ray.wait([training], timeout=1.0)[0]:  # the intake reads on meanwhile
+                        if stop.is_set():
+                            log.info("stopping: refresh %s abandoned (nothing published; its samples are "
+                                     "trained again after a restart)", version)
+                            ray.kill(trainer)
+                            return decided
                         PENDING.set(ray.get(intake.poll.remote()))
                     decision = ray.get(training)
                     DECISIONS.labels(decision.status).inc()

@@ -1,6 +1,7 @@
 """The learner on real Ray against the real broker: samples flow in, versions are trained,
 gated, announced; a shuffled-label candidate is rejected; rollback re-announces; a learner
-killed mid-refresh publishes nothing and its restart trains on every sample exactly once."""
+killed or interrupted mid-refresh publishes nothing and its restart trains on every sample
+exactly once."""
 
 from __future__ import annotations
 
@@ -116,7 +117,10 @@ def test_versions_are_trained_gated_announced_and_rolled_back(world, local_ray, 
             registry.rollback()
 
 
-def test_a_learner_killed_mid_refresh_publishes_nothing_and_resumes(world, kafka, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+def test_a_learner_stopped_mid_refresh_publishes_nothing_and_resumes(world, kafka, tmp_path, stop):
+    """SIGKILL: a crash. SIGINT (Ctrl-C; SIGTERM does the same): the learner exits at once,
+    abandoning the refresh instead of finishing minutes of training."""
     ds, base_state, idmap_path, fresh = world
     state = fresh_state(base_state, tmp_path)
     produce(kafka, fresh)
@@ -139,6 +143,10 @@ def test_a_learner_killed_mid_refresh_publishes_nothing_and_resumes(world, kafka
             time.sleep(0.5)
         assert "started on" in log.read_text(), log.read_text()[-3000:]
         time.sleep(3)  # inside the refresh's training
+        if stop == "SIGINT":
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+            assert "refresh r0001 abandoned" in log.read_text()
     finally:
         kill_tree(proc.pid)
     registry = Registry(LocalArtifactStore(tmp_path / "registry"))
