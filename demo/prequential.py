@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,37 +77,58 @@ def frozen_engine(root: Path, data_dir: Path, base_name: str) -> Engine:
 
 
 class Evaluator:
-    """Asks both predictors about an event, appends the record to a JSON-lines file."""
+    """Asks both predictors about a batch of events, appends the records to a JSON-lines file.
+    The live endpoint gets the batch as concurrent requests (its replicas batch them, as
+    they would real traffic); the frozen copy decodes it as one batch per task."""
 
-    def __init__(self, live_url: str, frozen: Engine, histories: Histories, path: Path):
-        self.client = httpx.Client(base_url=live_url, timeout=60)
+    def __init__(self, live_url: str, frozen: Engine, histories: Histories, path: Path, concurrency: int = 16):
+        self.client = httpx.Client(base_url=live_url, timeout=60,
+                                   limits=httpx.Limits(max_connections=concurrency))
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="gensar-prequential")
         self.frozen, self.histories, self.path = frozen, histories, path
         self.records: list[Record] = [Record(**json.loads(line)) for line in path.read_text().splitlines()] \
             if path.exists() else []
 
-    def predict(self, event: UserEvent, now: float) -> Record:
-        history = self.histories.of(event.user_id)
-        target = target_item(event)
+    def ask_live(self, event: UserEvent, history: list[str]) -> dict:
         if event.type == "search":
-            body = {"query": event.query[:500], "k": K}
-            live = self.client.post("/search", json=body)
-            frozen = self.frozen.search([Query("search", K, query=event.query[:500])])[0]
+            answer = self.client.post("/search", json={"query": event.query[:500], "k": K})
         else:
-            body = {"user_id": event.user_id, "k": K, "history": history}
-            live = self.client.post("/recommend", json=body)
-            frozen = self.frozen.recommend([Query("rec", K, history=item_history(history))])[0]
-        live.raise_for_status()
-        answer = live.json()
-        live_hit, live_ndcg = rank_metrics([i["id"] for i in answer["items"]], target)
-        frozen_hit, frozen_ndcg = rank_metrics([i.id for i in frozen.items], target)
-        record = Record(now, event.timestamp, "search" if event.type == "search" else "rec", answer["model_version"],
-                        live_hit, live_ndcg, frozen_hit, frozen_ndcg)
-        self.records.append(record)
+            answer = self.client.post("/recommend", json={"user_id": event.user_id, "k": K, "history": history})
+        answer.raise_for_status()
+        return answer.json()
+
+    def ask_frozen(self, asked: list[tuple[UserEvent, list[str]]]) -> list[list[str]]:
+        searches = [i for i, (e, _) in enumerate(asked) if e.type == "search"]
+        recs = [i for i, (e, _) in enumerate(asked) if e.type != "search"]
+        ranked: list[list[str]] = [[] for _ in asked]
+        if searches:
+            answers = self.frozen.search([Query("search", K, query=asked[i][0].query[:500]) for i in searches])
+            for i, answer in zip(searches, answers):
+                ranked[i] = [item.id for item in answer.items]
+        if recs:
+            answers = self.frozen.recommend([Query("rec", K, history=item_history(asked[i][1])) for i in recs])
+            for i, answer in zip(recs, answers):
+                ranked[i] = [item.id for item in answer.items]
+        return ranked
+
+    def predict(self, asked: list[tuple[UserEvent, list[str]]], now: float) -> list[Record]:
+        """`asked`: events, each with the user's history before it (`Histories.of`)."""
+        live = [self.pool.submit(self.ask_live, event, history) for event, history in asked]
+        frozen = self.ask_frozen(asked)
+        records = []
+        for (event, _), answer, frozen_ranked in zip(asked, (f.result() for f in live), frozen):
+            target = target_item(event)
+            live_hit, live_ndcg = rank_metrics([i["id"] for i in answer["items"]], target)
+            frozen_hit, frozen_ndcg = rank_metrics(frozen_ranked, target)
+            records.append(Record(now, event.timestamp, "search" if event.type == "search" else "rec",
+                                  answer["model_version"], live_hit, live_ndcg, frozen_hit, frozen_ndcg))
+        self.records += records
         with open(self.path, "a") as f:
-            f.write(json.dumps(record.__dict__) + "\n")
-        return record
+            f.writelines(json.dumps(r.__dict__) + "\n" for r in records)
+        return records
 
     def close(self) -> None:
+        self.pool.shutdown()
         self.client.close()
 
 

@@ -108,10 +108,12 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                 if (wait := clock0 + (chunk[0].timestamp - first_ts) / speed - time.monotonic()) > 0:
                     time.sleep(wait)  # the accelerated clock: never ahead of event time
                 versions.poll()
+                asked = []
                 for i, event in enumerate(chunk, start=done):
                     if event.type == "search" or i % settings.eval_every == 0:  # searches are rare: all
-                        evaluator.predict(event, time.time())  # test ...
+                        asked.append((event, histories.of(event.user_id)))
                     histories.add(event)
+                evaluator.predict(asked, time.time())  # test ...
                 replay(chunk, stack.kafka, producer=producer, progress=False)  # ... then train
                 done += len(chunk)
                 progress["replayed"] = done
