@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 
+from evaluation.metrics import summarize as bootstrap
 from gensar.data import UserEvent, target_item
 from serving.engine import Engine, Query, item_history
 
@@ -142,4 +144,19 @@ def summarize(records: list[Record]) -> dict[str, dict[str, float]]:
                      "live_hr10": sum(r.live_hit for r in rows) / n, "frozen_hr10": sum(r.frozen_hit for r in rows) / n,
                      "live_ndcg10": sum(r.live_ndcg for r in rows) / n,
                      "frozen_ndcg10": sum(r.frozen_ndcg for r in rows) / n}
+    return out
+
+
+def differences(records: list[Record], seed: int = 0) -> dict[str, dict[str, float | list[float]]]:
+    """Per task: live minus frozen HR@10 and NDCG@10, each with a paired 95% bootstrap
+    interval (both predictors answered the same events, so the events are resampled once)."""
+    out = {}
+    for task in ("search", "rec"):
+        rows = [r for r in records if r.task == task]
+        if not rows:
+            continue
+        per_event = {"HR@10": np.array([r.live_hit - r.frozen_hit for r in rows]),
+                     "NDCG@10": np.array([r.live_ndcg - r.frozen_ndcg for r in rows])}
+        means, ci = bootstrap(per_event, seed=seed, names=tuple(per_event))
+        out[task] = {f"{m}{suffix}": value for m in per_event for suffix, value in (("", means[m]), (" ci95", ci[m]))}
     return out

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from demo.plots import prequential_charts
-from demo.prequential import Record, summarize
+from demo.prequential import Record, differences, summarize
 
 
 class VersionRow(BaseModel):
@@ -30,6 +30,7 @@ class Summary(BaseModel):
     date: str
     wall_seconds: float
     tasks: dict[str, dict[str, float]]  # task -> events, live/frozen HR@10 and NDCG@10
+    differences: dict[str, dict[str, float | list[float]]]  # task -> live - frozen, with paired 95% bootstrap CIs
     versions: list[VersionRow]
     promoted: int
     served_adapters: list[str]
@@ -58,18 +59,30 @@ class Summary(BaseModel):
         lags = [r.freshness_s for r in rows if r.freshness_s is not None]
         promoted = sum(1 for d in registry.decisions() if d.status == "promoted")
         return cls(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), wall_seconds=wall_seconds,
-                   tasks=summarize(records), versions=rows, promoted=promoted,
+                   tasks=summarize(records), differences=differences(records), versions=rows, promoted=promoted,
                    served_adapters=sorted({v["version"] for v in first_served.values()
                                            if not v["version"].startswith("base:")}),
                    freshness_p50_s=statistics.median(lags) if lags else None, records=len(records))
 
 
-def summary_table(summary: Summary) -> Table:
-    table = Table("task", "events", "live HR@10", "frozen HR@10", "live NDCG@10", "frozen NDCG@10",
-                  title=f"Prequential evaluation ({summary.date}, {summary.wall_seconds / 60:.1f} min)")
+COLUMNS = ("task", "events", "live HR@10", "frozen HR@10", "live - frozen HR@10 [95% CI]", "live NDCG@10",
+           "frozen NDCG@10")
+
+
+def task_rows(summary: Summary) -> list[list[str]]:
+    rows = []
     for task, m in summary.tasks.items():
-        table.add_row(task, str(int(m["events"])), f"{m['live_hr10']:.4f}", f"{m['frozen_hr10']:.4f}",
-                      f"{m['live_ndcg10']:.4f}", f"{m['frozen_ndcg10']:.4f}")
+        d = summary.differences.get(task)
+        diff = f"{d['HR@10']:+.4f} [{d['HR@10 ci95'][0]:+.4f}, {d['HR@10 ci95'][1]:+.4f}]" if d else "-"
+        rows.append([task, str(int(m["events"])), f"{m['live_hr10']:.4f}", f"{m['frozen_hr10']:.4f}", diff,
+                     f"{m['live_ndcg10']:.4f}", f"{m['frozen_ndcg10']:.4f}"])
+    return rows
+
+
+def summary_table(summary: Summary) -> Table:
+    table = Table(*COLUMNS, title=f"Prequential evaluation ({summary.date}, {summary.wall_seconds / 60:.1f} min)")
+    for row in task_rows(summary):
+        table.add_row(*row)
     fresh = f"{summary.freshness_p50_s:.1f} s" if summary.freshness_p50_s is not None else "n/a"
     table.caption = (f"versions decided {len(summary.versions)}, promoted {summary.promoted}, adapters served "
                      f"{', '.join(summary.served_adapters) or 'none'}; freshness p50 {fresh}")
@@ -79,10 +92,8 @@ def summary_table(summary: Summary) -> Table:
 def markdown(summary: Summary) -> str:
     lines = [f"# GenSAR Stream demo report ({summary.date})", "",
              f"Wall time {summary.wall_seconds / 60:.1f} min; {summary.records} prequential predictions.", "",
-             "| task | events | live HR@10 | frozen HR@10 | live NDCG@10 | frozen NDCG@10 |", "|---|---|---|---|---|---|"]
-    for task, m in summary.tasks.items():
-        lines.append(f"| {task} | {int(m['events'])} | {m['live_hr10']:.4f} | {m['frozen_hr10']:.4f} | "
-                     f"{m['live_ndcg10']:.4f} | {m['frozen_ndcg10']:.4f} |")
+             "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|",
+             *("| " + " | ".join(row) + " |" for row in task_rows(summary))]
     fresh = f"{summary.freshness_p50_s:.1f} s" if summary.freshness_p50_s is not None else "n/a"
     lines += ["", f"Freshness p50 (newest learned event -> serving): {fresh}. Adapters served: "
               f"{', '.join(summary.served_adapters) or 'none'}.", "", "## Versions and gate decisions", "",

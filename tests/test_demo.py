@@ -51,6 +51,10 @@ def test_quick_demo_end_to_end(bundled_data, tmp_path):
         assert metrics["events"] > 0
         assert set(metrics) == {"events", "live_hr10", "frozen_hr10", "live_ndcg10", "frozen_ndcg10"}
         assert all(0 <= metrics[k] <= 1 for k in metrics if k != "events")
+    for task, d in summary.differences.items():  # live - frozen, paired over the same events
+        m = summary.tasks[task]
+        assert abs(d["HR@10"] - (m["live_hr10"] - m["frozen_hr10"])) < 1e-9
+        assert d["HR@10 ci95"][0] <= d["HR@10"] <= d["HR@10 ci95"][1]
     assert summary.promoted >= 1 and summary.served_adapters, summary.model_dump()
     assert any(v.freshness_s is not None and v.freshness_s > 0 for v in summary.versions)
     report = root / "demo" / "report"

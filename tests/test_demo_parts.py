@@ -15,7 +15,7 @@ from identifiers.build import top_items_slice
 
 from demo.bootstrap import write_movielens
 from demo.plots import prequential_charts, rolling
-from demo.prequential import Histories, Record, rank_metrics
+from demo.prequential import Histories, Record, differences, rank_metrics
 from demo.status import create_app, prometheus_sums
 
 
@@ -44,6 +44,19 @@ def test_charts_are_pngs_of_each_task():
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.size == (560, 240)
         assert len(set(image.convert("RGB").getdata())) > 10  # lines and text drawn, not a blank canvas
+
+
+def test_live_minus_frozen_comes_with_a_paired_interval():
+    rows = records(200)
+    diff = differences(rows)
+    for task in ("search", "rec"):
+        mine = [r for r in rows if r.task == task]
+        expected = sum(r.live_hit - r.frozen_hit for r in mine) / len(mine)
+        assert abs(diff[task]["HR@10"] - expected) < 1e-12
+        low, high = diff[task]["HR@10 ci95"]
+        assert low < expected < high and high - low < 0.5
+    same = [Record(**{**r.__dict__, "frozen_hit": r.live_hit, "frozen_ndcg": r.live_ndcg}) for r in rows]
+    assert differences(same)["rec"]["HR@10 ci95"] == [0.0, 0.0]  # paired: identical answers, no spread
 
 
 def test_status_page_serves_charts_and_refuses_unknown_tasks(tmp_path):
