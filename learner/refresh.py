@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections import defaultdict
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +77,9 @@ class GateCases:
             touched = defaultdict(set)
             for case in cases:
                 touched[case.user_id] |= {self.item_index[e.item_id] for e in case.history if e.item_id in self.item_index}
-            self.by_task[task] = (cases, paper_candidates(None, self.item_index, cases, bm25, seed, negatives,
-                                                          touched).rows)
+            # a small catalogue offers fewer negatives outside a user's history
+            fit = min(negatives, len(item_ids) - 1 - max(len(items) for items in touched.values()))
+            self.by_task[task] = (cases, paper_candidates(None, self.item_index, cases, bm25, seed, fit, touched).rows)
 
 
 def evaluate(gm: GenSARModel, renderer: Renderer, held_out: GateCases, beam_size: int) -> dict[str, dict]:

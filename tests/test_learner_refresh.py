@@ -121,6 +121,9 @@ def test_the_gate_ranks_held_out_cases_among_paper_protocol_candidates(world):
                 assert case.query in renderer.item_text[ids[row[1]]]
     again = GateCases(fresh, ids, renderer.item_text, negatives=20, seed=0)
     assert all((again.by_task[t][1] == held.by_task[t][1]).all() for t in held.by_task)  # same lists for both versions
+    small = GateCases(fresh, ids[:40], renderer.item_text, negatives=99, seed=0)  # fewer items than negatives asked
+    for cases, candidates in small.by_task.values():
+        assert candidates.shape[1] <= 40 and all(ids[row[0]] == c.target for c, row in zip(cases, candidates))
 
 
 def test_a_task_adapter_learns_and_is_gated_on_its_own_task_only(world, tmp_path):
