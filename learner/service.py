@@ -173,11 +173,11 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
     trainers = [Trainer.options(num_gpus=gpus).remote(str(state_dir), base_name, idmap_path and str(idmap_path), ds,
                                                       str(registry_root), settings, kafka, task) for task in tasks]
     # The collaborative updater keeps the map store's latest version moving; a pinned map stays as it is.
-    collaborative = None
+    collaborative = updater_started = None
     if settings.collaborative.every_seconds > 0 and idmap_path is None:
         collaborative = Collaborative.remote(str(state_dir), kafka, ds, settings)
         collaborative_run = collaborative.run.remote()  # first: `map_version` waits for it to start
-        log.info("collaborative updater following identifier map %s", ray.get(collaborative.map_version.remote()))
+        updater_started = collaborative.map_version.remote()  # not awaited: the intake reads meanwhile
     decided: list[ModelVersion] = []
     last_refresh = last_arrival = time.monotonic()
     seen = 0
@@ -185,6 +185,9 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
         while not stop.is_set() and (max_refreshes is None or len(decided) < max_refreshes):
             pending = ray.get(intake.poll.remote())
             PENDING.set(pending)
+            if updater_started is not None and ray.wait([updater_started], timeout=0)[0]:
+                log.info("collaborative updater following identifier map %s", ray.get(updater_started))  # or its error
+                updater_started = None
             now = time.monotonic()
             if pending != seen:
                 seen, last_arrival = pending, now
