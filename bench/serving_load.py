@@ -89,7 +89,8 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     from gensar.settings import BUNDLED_DATA
     from identifiers.idmap import MapStore
     from identifiers.semantic import item_texts
-    from learner.lora import LoraSettings, attach, save_adapter
+    from learner.lora import attach, save_adapter
+    from learner.settings import LoraSettings
     from learner.registry import LocalArtifactStore, Manifest, Registry, TrainingWindow
     from model.artifact import GenSARModel
     from model.modeling import ModelSettings, build_model

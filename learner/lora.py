@@ -18,23 +18,14 @@ import math
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
+from learner.settings import LoraSettings
 from model.tasks import TASKS, Sample, TaskMix
 from model.train import TrainReport, TrainSettings, train
 
 # Attention projections by architecture: T5 names them q/k/v/o, BERT query/key/value.
 TARGETS = {"t5": ["q", "k", "v", "o"], "encoder-decoder": ["query", "key", "value"]}
-
-
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = None  # None: the attention projections of the architecture
 
 
 class NonFiniteLoss(RuntimeError):

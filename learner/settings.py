@@ -8,7 +8,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from learner.lora import LoraSettings
+
+class LoraSettings(BaseModel):
+    """The adapters' shape (learner.lora). Kept here, not beside the PEFT code, so reading
+    settings never imports torch: the learner's intake actor starts in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: the attention projections of the architecture
 
 
 class RefreshTraining(BaseModel):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gensar.data import leave_one_out
-from learner.lora import LoraSettings, NonFiniteLoss, attach, merged, save_adapter, tune
+from learner.lora import NonFiniteLoss, attach, merged, save_adapter, tune
+from learner.settings import LoraSettings
 from model.tasks import TaskMix, build_pools
 from model.train import TrainSettings, collate, train
 from test_model import tiny_model, tiny_world

@@ -18,7 +18,8 @@ from gensar.events import ItemUpsert
 from gensar.replay import make_producer
 from gensar.topics import ITEMS
 from identifiers.idmap import MapStore
-from learner.lora import LoraSettings, save_adapter, tune
+from learner.lora import save_adapter, tune
+from learner.settings import LoraSettings
 from learner.registry import LocalArtifactStore, Manifest, Registry, TrainingWindow
 from model.artifact import GenSARModel
 from model.tasks import TaskMix, build_pools
