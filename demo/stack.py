@@ -1,8 +1,8 @@
 """The running system of the demo, all on loopback: the Kafka broker, Ray (one local
 cluster shared by the learner and Serve), the stream worker and the learner as child
 processes, the Serve app. `Stack` is a context manager: leaving it, by the end of the demo,
-an error or Ctrl-C, stops everything it started, the learner first (it commits only after
-a decision, so nothing is lost), the broker last."""
+an error or Ctrl-C, stops everything it started: the learner and the stream worker (each
+commits only what it finished, so nothing is lost), then Serve and Ray, the broker last."""
 
 from __future__ import annotations
 
@@ -156,11 +156,12 @@ class Stack:
     # --- stop -----------------------------------------------------------------------------
 
     def __exit__(self, *_exc) -> None:
-        for name in ("learner", "streams"):  # the learner first: it stops consuming before samples stop
-            child = self.children.get(name)
-            if child is None or child.poll() is not None:
-                continue
+        # Both at once: each commits only what it finished (the learner after a decision, the
+        # worker per transaction), so neither depends on the other stopping first.
+        running = {name: child for name, child in self.children.items() if child.poll() is None}
+        for name, child in running.items():
             child.send_signal(signal.SIGINT if name == "learner" else signal.SIGTERM)
+        for name, child in running.items():
             try:
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
