@@ -17,8 +17,9 @@ more than the scoring.
 Delivery: before a refresh the intake saves its buffer and notes its consumer positions;
 only after the refresh's decision is in the registry are those positions committed. The
 intake keeps reading while a refresh trains, so the stream never waits on training. A
-learner killed mid-refresh publishes nothing (artifacts are written whole or not at all)
-and, restarted, reads again from its last commit; the buffer drops what it already holds.
+learner killed or stopped mid-refresh publishes nothing (artifacts are written whole or
+not at all; a stop abandons the refresh) and, restarted, reads again from its last
+commit; the buffer drops what it already holds.
 """
 
 from __future__ import annotations
