@@ -1,8 +1,9 @@
 """The status page: a small FastAPI companion on loopback, run by the demo beside the Serve
-app. One HTML page (no CDN: everything inline) whose script polls /api/state: what serves
-and since when, the version history with gate decisions, prequential HR@10 over time (live
-vs frozen, PNG), the stream worker's consumer lag and dead letters; a search box and a
-per-user recommendation view that ask the live endpoint. `/?q=...&user=...` runs both on load."""
+app. One HTML page (no CDN: the page and its charts come from this server) that polls
+/api/state: what serves and since when, the version history with gate decisions,
+prequential HR@10 over time (live vs frozen, PNG), the stream worker's consumer lag and
+dead letters; a search box and a per-user recommendation view that ask the live endpoint.
+`/?q=...&user=...` runs both on load."""
 
 from __future__ import annotations
 
