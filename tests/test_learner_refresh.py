@@ -141,9 +141,10 @@ def test_a_refresh_trains_against_the_latest_map_and_scores_serving_on_its_own(w
     base, renderer, fresh = world
     maps = MapStore(tmp_path / "maps")
     maps.save(renderer.idmap)
-    r = refresher(base, renderer, tmp_path)
+    r = refresher(base, renderer, tmp_path, gate_margin=1.0)  # the gate is tested above; here m1 must serve
     r.maps = maps
-    assert r.run(fresh, [], "m1").status == "promoted"  # on the base map: nothing newer yet
+    first = r.run(fresh, [], "m1")
+    assert first.status == "promoted", first.reason  # on the base map: nothing newer yet
     # The collaborative updater re-codes two items (here: they trade ids), in a new version.
     idmap = renderer.idmap
     rows = [idmap.row("6"), idmap.row("5")]
