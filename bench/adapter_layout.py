@@ -50,6 +50,7 @@ from learner.lora import merged
 from learner.refresh import Refresher, as_case
 from learner.registry import LocalArtifactStore, Registry
 from learner.samples import SampleBuffer
+from learner.service import next_version
 from learner.settings import LearnerSettings
 from model.artifact import GenSARModel
 from model.tasks import Renderer
@@ -87,7 +88,7 @@ def refresh_layout(layout: str, base: GenSARModel, renderer: Renderer, samples: 
         buffer.bound()
         recent, replayed = buffer.take()
         for refresher in refreshers:
-            version = f"r{len(registry.store.keys()) + 1:04d}"
+            version = next_version(registry)
             began = time.perf_counter()
             decision = refresher.run(recent, replayed, version)
             seconds.append(time.perf_counter() - began)

@@ -1,5 +1,6 @@
 """Prequential HR@10 over the replay as PNG line charts (matplotlib, headless Agg backend):
-the status page shows them inline and the report writes them next to report.md."""
+the status page serves them at /charts/{task}.png and the report writes them next to
+report.md."""
 
 from __future__ import annotations
 

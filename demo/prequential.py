@@ -83,11 +83,11 @@ class Evaluator:
     The live endpoint gets the batch as concurrent requests (its replicas batch them, as
     they would real traffic); the frozen copy decodes it as one batch per task."""
 
-    def __init__(self, live_url: str, frozen: Engine, histories: Histories, path: Path, concurrency: int = 16):
+    def __init__(self, live_url: str, frozen: Engine, path: Path, concurrency: int = 16):
         self.client = httpx.Client(base_url=live_url, timeout=60,
                                    limits=httpx.Limits(max_connections=concurrency))
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="gensar-prequential")
-        self.frozen, self.histories, self.path = frozen, histories, path
+        self.frozen, self.path = frozen, path
         self.records: list[Record] = [Record(**json.loads(line)) for line in path.read_text().splitlines()] \
             if path.exists() else []
 

@@ -95,7 +95,7 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                 save_json(progress_path, progress)
             done = progress["replayed"]
             histories = Histories(world.bootstrap + world.stream[:done])
-            evaluator = Evaluator(stack.serve_url, frozen_engine(root, world.data_dir, BASE_NAME), histories,
+            evaluator = Evaluator(stack.serve_url, frozen_engine(root, world.data_dir, BASE_NAME),
                                   root / "demo" / "prequential.jsonl")
             versions = Versions(stack.serve_url, root / "demo" / "served.json")
             first_ts, last_ts = world.stream[0].timestamp, world.stream[-1].timestamp
