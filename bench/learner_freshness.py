@@ -378,7 +378,8 @@ def main() -> None:
     from demo.settings import QUICK
     from gensar.replay import make_producer, replay
     from gensar.settings import BUNDLED_DATA, BrokerSettings, KafkaSettings, Settings
-    from infra.broker import KafkaBroker, ensure_topics, free_port
+    from infra.broker import KafkaBroker, ensure_topics
+    from infra.ports import free_port
     from learner.samples import consumer_group
     from learner.settings import LearnerSettings
     from streams.process import WorkerProcess

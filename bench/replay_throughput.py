@@ -20,7 +20,8 @@ from gensar.data import load
 from gensar.replay import make_producer, replay, replay_order
 from gensar.settings import BUNDLED_DATA, KafkaSettings, Settings
 from gensar.topics import INTERACTIONS, ITEMS, SEARCH_EVENTS
-from infra.broker import KafkaBroker, ensure_topics, free_port
+from infra.broker import KafkaBroker, ensure_topics
+from infra.ports import free_port
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from infra.ports import free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -119,12 +120,6 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     overrides = {"state_dir": str(root), "catalogue": str(BUNDLED_DATA), "poll_s": 0.5, "follow_items": False,
                  "streams_url": "http://127.0.0.1:9"}  # no stream workers: bodies carry history
     return overrides, search, rec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def summarise(runs: list[dict]) -> dict:

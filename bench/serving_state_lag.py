@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving_load import RESULTS, build_world, free_port
+from bench.serving_load import RESULTS, build_world
+from infra.ports import free_port
 
 
 def wait_for(check, timeout: float, what: str) -> None:

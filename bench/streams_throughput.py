@@ -30,7 +30,8 @@ from gensar.data import load
 from gensar.replay import make_producer, replay, replay_order
 from gensar.settings import BUNDLED_DATA, KafkaSettings, Settings
 from gensar.topics import INTERACTIONS, ITEMS, SEARCH_EVENTS, TRAINING_SAMPLES
-from infra.broker import KafkaBroker, ensure_topics, free_port
+from infra.broker import KafkaBroker, ensure_topics
+from infra.ports import free_port
 from streams.inspect import wait_caught_up
 from streams.process import WorkerProcess
 

@@ -19,7 +19,8 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from gensar.settings import BrokerSettings, KafkaSettings, Settings
-from infra.broker import KafkaBroker, ensure_topics, free_port
+from infra.broker import KafkaBroker, ensure_topics
+from infra.ports import free_port
 from learner.samples import consumer_group
 from learner.settings import LearnerSettings
 

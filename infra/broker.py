@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -30,12 +29,6 @@ KAFKA_DIR = Path(__file__).parent / "kafka"
 
 class BrokerError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_classpath(version: str, cache_dir: Path) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gensar.settings import KafkaSettings
-from infra.broker import free_port
+from infra.ports import free_port
 
 
 @dataclass

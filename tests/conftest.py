@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from gensar.settings import BUNDLED_DATA, KafkaSettings, Settings
-from infra.broker import KafkaBroker, ensure_topics, free_port
+from infra.broker import KafkaBroker, ensure_topics
+from infra.ports import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads weights in tests
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

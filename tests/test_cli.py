@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gensar.cli import app
-from infra.broker import free_port
+from infra.ports import free_port
 
 runner = CliRunner()
 

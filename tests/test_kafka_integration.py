@@ -19,7 +19,8 @@ from gensar.data import load
 from gensar.replay import event_id_checksum, replay, replay_order
 from gensar.settings import KafkaSettings, Settings
 from gensar.topics import ALL_TOPICS, INTERACTIONS, ITEMS, SEARCH_EVENTS
-from infra.broker import KafkaBroker, ensure_topics, free_port
+from infra.broker import KafkaBroker, ensure_topics
+from infra.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ over the published OpenAPI spec yields no 5xx."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,18 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from gensar.events import HistoryEntry
+from infra.ports import free_port
 from learner.registry import LocalArtifactStore, Registry
 from serving.schemas import Answer
 from streams.views import UserHistory
 from test_serving_engine import NEW_ITEM, build_world
 
 TOKEN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class UserTables(ThreadingHTTPServer):
