@@ -169,10 +169,11 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from infra.ray_local import ensure_ray
     from learner.registry import LocalArtifactStore, Registry
     from serving.app import build
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ensure_ray(num_cpus=2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"

@@ -3,7 +3,6 @@ RAY_ADDRESS) until interrupted. Heavy imports stay inside the command."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Optional
 
@@ -22,16 +21,13 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
+    from infra.ray_local import ensure_ray
     from serving.app import build
     from serving.settings import ServingSettings
 
     overrides = {k: v for k, v in {"replicas": replicas, "port": port, "device": device}.items() if v is not None}
     settings = ServingSettings(**overrides)
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local loopback cluster
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ensure_ray()
     ray_serve.start(http_options={"host": settings.host, "port": settings.port})
     with console.status("loading the base model and the serving versions"):
         ray_serve.run(build(overrides), name="gensar", route_prefix="/")

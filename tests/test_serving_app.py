@@ -69,9 +69,10 @@ def served(tmp_path_factory):
     import ray
     from ray import serve
 
+    from infra.ray_local import ensure_ray
     from serving.app import build
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ensure_ray(num_cpus=2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     overrides = {"state_dir": str(world.root()), "catalogue": str(world.catalogue_dir()), "poll_s": 0.5, "beam_size": 10,
