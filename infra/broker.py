@@ -31,6 +31,16 @@ class BrokerError(RuntimeError):
     pass
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka's own Uuid.randomUuid makes it: URL-safe base64 of 16
+    bytes, never starting with "-" (the storage tool would read it as an option: 1 start
+    in 64 failed that way)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def resolve_classpath(version: str, cache_dir: Path) -> str:
     """The broker's runtime classpath, resolved by Maven once per Kafka version."""
     cached = cache_dir / f"kafka-{version}.classpath"
@@ -149,8 +159,7 @@ class KafkaBroker:
                 f"-Dkafka.logs.dir={self.home}",
                 f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.yaml'}", "-cp", classpath]
         if not (self.home / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-            fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            fmt = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)],
                                  capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
