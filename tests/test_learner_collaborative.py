@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import ray
+from prometheus_client import REGISTRY
 
 from gensar import data
 from gensar.replay import make_producer
@@ -22,7 +23,7 @@ from identifiers.settings import IdentifierSettings, QdrantSettings
 from identifiers.vectors import ItemVectorStore
 from infra.ray_local import ensure_ray
 from learner.collaborative import CollaborativeUpdater
-from learner.service import Collaborative
+from learner.service import Collaborative, CollaborativeMeters
 from learner.settings import CollaborativeSettings, LearnerSettings
 from test_identifiers_build import LATE, SMALL, without
 from test_learner_refresh import stream_samples
@@ -145,7 +146,28 @@ def test_the_ray_actor_publishes_map_versions_on_its_schedule(bootstrapped, kafk
             time.sleep(1)
         ray.get(actor.stop.remote())
         published = ray.get(running, timeout=60)
+        totals = ray.get(actor.totals.remote())
     finally:
         ray.shutdown()
     assert published and published == maps.versions()[1:]
     assert set(late) & set(maps.load().item_ids)
+
+    # What it did reaches Prometheus through the learner loop's meters, counted once.
+    assert totals["versions"] == len(published) and totals["samples"] > 0
+    assert totals["added"] + totals["unplaced"] >= len(set(late) & set(maps.load().item_ids))
+    meters, before = CollaborativeMeters(), exported()
+    meters.update({name: n // 2 for name, n in totals.items()})
+    meters.update(totals)
+    meters.update(totals)
+    after = exported()
+    assert after["gensar_learner_map_versions_total"] - before["gensar_learner_map_versions_total"] == len(published)
+    assert after["gensar_learner_collaborative_samples_total"] - before["gensar_learner_collaborative_samples_total"] == totals["samples"]
+    for change in ("moved", "recoded", "added", "unplaced"):
+        key = f"gensar_learner_collaborative_items_total/{change}"
+        assert after[key] - before.get(key, 0) == totals[change]
+
+
+def exported() -> dict[str, float]:
+    return {(f"{s.name}/{s.labels['change']}" if "change" in s.labels else s.name): s.value
+            for family in REGISTRY.collect() if family.name.startswith("gensar_learner_")
+            for s in family.samples if s.name.endswith("_total")}
