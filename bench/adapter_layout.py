@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import machine
+from bench.output import write_results
 from demo.bootstrap import BASE_NAME, ensure_base_model, ensure_identifiers, prepare_world
 from demo.settings import FULL
 from evaluation.baselines import BM25Search
@@ -44,6 +43,7 @@ from evaluation.generative import GenerativeSystem
 from evaluation.protocols import paper_candidates
 from evaluation.report import markdown_table, result_rows
 from gensar.events import TrainingSample
+from gensar.machine import machine
 from gensar.settings import Settings
 from identifiers.semantic import item_texts
 from learner.lora import merged
@@ -57,7 +57,6 @@ from model.tasks import Renderer
 from streams.settings import StreamSettings
 from streams.state import UserState, apply_user_event, samples_for
 
-RESULTS = Path(__file__).parent / "results"
 LAYOUTS = {"joint": ("joint",), "per-task": ("search", "rec")}
 
 
@@ -174,9 +173,7 @@ def main() -> None:
               "train_samples": {"search": sum(s.task == "search" for s in train), "rec": sum(s.task == "rec" for s in train)},
               "layouts": {layout: {k: v for k, v in run.items() if k != "registry"} for layout, run in runs.items()},
               "test_events": len(per_event[args.train_events:][: args.test_events]), "served": served, "results": rows, "wall_seconds": round(time.perf_counter() - t0, 1)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "adapter_layout.json").write_text(json.dumps(report, indent=1))
-    (RESULTS / "adapter_layout.md").write_text(markdown(report))
+    write_results("adapter_layout", report, markdown(report))
     print(markdown(report))
 
 

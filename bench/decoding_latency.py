@@ -14,16 +14,16 @@ unless --idmap names a built map; sources are the bundled leave-one-out rec test
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.machine import machine
+from bench.output import write_results
 from evaluation.protocols import cases
 from gensar.data import leave_one_out, load
+from gensar.machine import machine
 from gensar.settings import BUNDLED_DATA
 from identifiers.constraints import PrefixConstraint
 from identifiers.idmap import IdentifierMap
@@ -32,8 +32,6 @@ from model.generate import beam_search
 from model.modeling import ModelSettings, build_model
 from model.tasks import RenderSettings, Renderer
 from model.vocab import IdLayout, Vocabulary
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class PythonTrie:
@@ -157,8 +155,6 @@ def main() -> None:
         results["devices"][device] = rows
     if "cuda" not in results["devices"]:
         results["devices"]["cuda"] = "not measured: no GPU in this session"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decoding_latency.json").write_text(json.dumps(results, indent=1))
     m = results["machine"]
     lines = [f"# Decoding latency ({m['date']})", "", f"Machine: {m['cpu']}, {m['cores']} cores. "
              f"Beam {args.beam}, {args.queries} bundled rec queries x {args.rounds} rounds, "
@@ -178,7 +174,7 @@ def main() -> None:
               "Python trie / vectorised at p50: " + ", ".join(
                   f"batch {k.split('/')[0][5:]}: {v['p50_vs_vectorised']}x" for k, v in results["devices"]["cpu"].items()
                   if "p50_vs_vectorised" in v), ""]
-    (RESULTS / "decoding_latency.md").write_text("\n".join(lines))
+    write_results("decoding_latency", results, lines)
     print("\n".join(lines))
 
 

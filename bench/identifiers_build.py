@@ -15,7 +15,6 @@ Plus, once, the next-item signal of the collaborative embeddings (not a timing).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -23,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import machine
+from bench.output import write_results
 from gensar import data
 from gensar.events import InteractionEvent
+from gensar.machine import machine
 from gensar.settings import BUNDLED_DATA
 from identifiers.assign import add_items, coder
 from identifiers.build import BuildConfig, build_identifiers, torch_threads
@@ -35,7 +35,6 @@ from identifiers.semantic import SemanticEncoder, item_texts
 from identifiers.settings import IdentifierSettings, QdrantSettings
 from identifiers.vectors import ItemVectorStore
 
-RESULTS = Path(__file__).parent / "results"
 NEW_ITEMS = 500
 
 
@@ -144,8 +143,6 @@ def main() -> None:
     out = {"benchmark": "identifiers_build", "machine": machine(), "items": len(ds.items),
            "train_events": len(split.train), "rounds": rounds, "torch_threads": settings.torch_threads,
            "config": BuildConfig().model_dump(mode="json"), "results": results}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "identifiers_build.json").write_text(json.dumps(out, indent=2) + "\n")
     m = out["machine"]
     lines = [f"# Identifier build ({m['date'][:10]}, {m['cpu']}, {m['cores']} cores, torch threads "
              f"{settings.torch_threads})", "",
@@ -174,7 +171,7 @@ def main() -> None:
               f"item2vec nearest neighbours of the last item {s['hr@10_neighbours']:.4f}, item2vec score "
               f"{s['hr@10_sgns']:.4f}, training popularity {s['hr@10_popularity']:.4f}. Paired 95% interval of the "
               f"difference to popularity: neighbours [{lo:+.4f}, {hi:+.4f}], score [{lo2:+.4f}, {hi2:+.4f}]."]
-    (RESULTS / "identifiers_build.md").write_text("\n".join(lines) + "\n")
+    write_results("identifiers_build", out, lines)
     print("\n".join(lines))
 
 

@@ -65,7 +65,6 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "freshbench."
 
@@ -529,7 +528,7 @@ def main() -> None:
         t.join(10)
 
     timings["total_s"] = round(time.time() - started, 1)  # to the end of the run, before the analysis
-    from bench.machine import machine
+    from gensar.machine import machine
 
     raw = {"machine": machine(), "t0": t0, "acked": acked, "measured": sorted(measured), "sample_key": sample_key,
            "readable": reader.readable, "captures": [(p.name, mtime) for p, mtime in watcher.captures],
@@ -552,7 +551,8 @@ def main() -> None:
 
 def finish(root: Path) -> None:
     """Analyse a finished run (its raw.json, buffer captures, registry) and write the results."""
-    from bench.machine import machine
+    from bench.output import write_results
+    from gensar.machine import machine
     from learner.settings import LearnerSettings
 
     raw = json.loads((root / "raw.json").read_text())
@@ -576,12 +576,12 @@ def finish(root: Path) -> None:
         "timings": timings, **stats,
         "learner_pending_series": raw["pending_series"], "learner_log": learner_lines[-60:],
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "learner_freshness.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_markdown(result)
+    lines = markdown(result)
+    write_results("learner_freshness", result, lines)
+    print("\n".join(lines))
 
 
-def write_markdown(r: dict) -> None:
+def markdown(r: dict) -> list[str]:
     m, f, s = r["machine"], r["freshness_s"], r["learner_settings"]
     comp = r["components_s"]
     lines = [f"# Learner freshness ({m['date'][:10]}, {m['cpu']}, {m['cores']} cores, no GPU)", "",
@@ -624,8 +624,7 @@ def write_markdown(r: dict) -> None:
     lines += ["", f"Times are seconds from the first produced event. Wall: bootstrap {r['timings']['bootstrap_s']} s, "
                   f"stack up {r['timings'].get('stack_up_s')} s, replay + drain {r['timings'].get('replay_s')} s, "
                   f"total {r['timings']['total_s']} s. Command: `{r['command']}`."]
-    (RESULTS / "learner_freshness.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

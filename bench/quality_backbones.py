@@ -9,19 +9,19 @@ time on the bundled leave-one-out training split and scored on the VALIDATION ca
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.decoding_latency import random_map
-from bench.machine import machine
+from bench.output import write_results
 from evaluation.baselines import BM25Search
 from evaluation.generative import GenerativeSystem
 from evaluation.protocols import cases, paper_candidates
 from evaluation.report import markdown_table, result_rows
 from gensar.data import leave_one_out, load
+from gensar.machine import machine
 from gensar.settings import BUNDLED_DATA, Settings
 from identifiers.idmap import IdentifierMap
 from identifiers.semantic import item_texts
@@ -29,8 +29,6 @@ from model.modeling import ModelSettings
 from model.recipe import train_gensar
 from model.tasks import TaskMix
 from model.train import TrainSettings
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -70,14 +68,12 @@ def main() -> None:
             rows += result_rows(backbone, task, chosen, candidates.rows[mask], scores, index, "paper")
     result = {"machine": machine(), "minutes_each": args.minutes, "idmap": str(args.idmap or ("random" if args.random_ids else "built")),
               "training": training, "results": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality_backbones.json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
     text = (f"# Backbones on validation cases ({m['date']})\n\nMachine: {m['cpu']}, {m['cores']} cores; "
             f"{args.minutes} min of training each, identifiers: {result['idmap']}; samples seen: "
             + ", ".join(f"{b}: {t['train']['samples']:,} ({t['parameters']:,} parameters)" for b, t in training.items())
             + "\n\n" + markdown_table(rows) + "\n")
-    (RESULTS / "quality_backbones.md").write_text(text)
+    write_results("quality_backbones", result, text)
     print(text)
 
 

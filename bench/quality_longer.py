@@ -8,18 +8,18 @@ quality benchmark, scored on the same cases and candidates (same seed) under bot
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.machine import machine
+from bench.output import write_results
 from evaluation.baselines import BM25Search
 from evaluation.generative import GenerativeSystem
 from evaluation.protocols import cases, paper_candidates
 from evaluation.report import markdown_table, result_rows
 from gensar.data import leave_one_out, load
+from gensar.machine import machine
 from gensar.settings import BUNDLED_DATA
 from identifiers.idmap import IdentifierMap
 from identifiers.semantic import item_texts
@@ -27,8 +27,6 @@ from model.modeling import ModelSettings
 from model.recipe import train_gensar
 from model.tasks import TaskMix
 from model.train import TrainSettings
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -57,14 +55,12 @@ def main() -> None:
         rows += result_rows(system.name, task, chosen, None, system.score(chosen), index, "full")
     result = {"machine": machine(), "minutes": args.minutes, "threads": args.threads, "idmap": str(args.idmap),
               "training": gm.info, "results": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality_longer.json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
     text = (f"# Joint model, longer training ({m['date']})\n\nMachine: {m['cpu']}, {m['cores']} cores; "
             f"{args.minutes} min, {report.samples:,} samples ({report.epochs_done:.2f} epochs of the mixture), "
             f"loss {report.losses[0]:.2f} -> {report.losses[-1]:.2f}; same cases and candidates as "
             f"quality_bundled.md.\n\n" + markdown_table(rows) + "\n")
-    (RESULTS / "quality_longer.md").write_text(text)
+    write_results("quality_longer", result, text)
     print(text)
 
 

@@ -8,7 +8,6 @@ when present, same samples, same model, in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -16,8 +15,9 @@ from pathlib import Path
 import torch
 
 from bench.decoding_latency import random_map
-from bench.machine import machine
+from bench.output import write_results
 from gensar.data import leave_one_out, load
+from gensar.machine import machine
 from gensar.settings import BUNDLED_DATA
 from identifiers.idmap import IdentifierMap
 from identifiers.semantic import item_texts
@@ -25,8 +25,6 @@ from model.modeling import ModelSettings, build_model, parameter_count
 from model.tasks import RenderSettings, Renderer, TaskMix, build_pools, epoch_order
 from model.train import TrainSettings, collate, learning_rate, make_optimizer, train_step
 from model.vocab import IdLayout, Vocabulary
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -74,8 +72,6 @@ def main() -> None:
     result = {"machine": machine(), "model": ModelSettings().model_dump(mode="json"), "parameters": parameter_count(model),
               "batch_size": settings.batch_size, "samples_per_epoch": per_epoch, "steps_per_round": args.steps,
               "rounds": args.rounds, "results": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality_training_throughput.json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
     lines = [f"# Training throughput ({m['date']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs while measured). Model "
@@ -85,7 +81,7 @@ def main() -> None:
     for name, row in rows.items():
         lines.append(f"| {name} | {row} | | |" if isinstance(row, str) else
                      f"| {name} | {row['samples_per_s_median']} | {row['samples_per_s_rounds']} | {row['minutes_per_epoch']} |")
-    (RESULTS / "quality_training_throughput.md").write_text("\n".join(lines) + "\n")
+    write_results("quality_training_throughput", result, lines)
     print("\n".join(lines))
 
 

@@ -8,22 +8,20 @@ same durability settings (acks=all, idempotent), alternating rounds on one broke
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import machine
+from bench.output import write_results
 from gensar.data import load
+from gensar.machine import machine
 from gensar.replay import make_producer, replay, replay_order
 from gensar.settings import BUNDLED_DATA, KafkaSettings, Settings
 from gensar.topics import INTERACTIONS, ITEMS, SEARCH_EVENTS
 from infra.broker import KafkaBroker, ensure_topics
 from infra.ports import free_port
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def bare_loop(records: list[tuple[str, bytes, bytes]], kafka: KafkaSettings) -> float:
@@ -73,8 +71,6 @@ def main() -> None:
     result = {"benchmark": "replay_throughput", "machine": machine(), "events": n, "rounds": args.rounds,
               "kafka_version": Settings().broker.kafka_version, "results": rows,
               "ratio_ours_over_bare": round(ratio, 3), "raw_seconds": times}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "replay_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Replay throughput ({result['machine']['date'][:10]}, {result['machine']['cpu']}, "
              f"{result['machine']['cores']} cores)", "",
              f"{n:,} events (bundled MovieLens: catalogue, ratings, tags), {args.rounds} alternating rounds, "
@@ -83,7 +79,7 @@ def main() -> None:
     for name, row in rows.items():
         lines.append(f"| {name} | {row['median_s']:.2f} | {row['min_s']:.2f}–{row['max_s']:.2f} | {row['events_per_s']:,.0f} |")
     lines += ["", f"Ratio (ours / bare, events/s): **{ratio:.2f}**"]
-    (RESULTS / "replay_throughput.md").write_text("\n".join(lines) + "\n")
+    write_results("replay_throughput", result, lines)
     print("\n".join(lines))
 
 

@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.output import write_results
 from infra.ports import free_port
-
-RESULTS = Path(__file__).parent / "results"
 
 
 # --- the load driver (runs in its own process) --------------------------------------------
@@ -155,7 +154,7 @@ def main() -> None:
         print(json.dumps(drive(args.drive, args.path, json.loads(Path(args.bodies).read_text()), args.seconds, args.clients)))
         return
 
-    from bench.machine import machine
+    from gensar.machine import machine
 
     root = Path(tempfile.mkdtemp(prefix="gensar-serving-bench-"))
     swap_rounds = args.rounds
@@ -232,8 +231,6 @@ def micro(seconds: float | None) -> str:
 
 
 def write(results: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving_load.json").write_text(json.dumps(results, indent=1))
     m, s = results["machine"], results["settings"]
     lines = [f"# Serving under load ({m['date']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, shared with the load driver (a second process) and Ray. "
@@ -257,7 +254,7 @@ def write(results: dict) -> None:
     lines += ["", f"CUDA: {results['cuda']}.", "",
               "Load seconds: fetch + checksum + merge into a copy of the base + identifier map + constraint + warm-up, "
               "beside the serving version; swap seconds: the reference assignment that makes it serve."]
-    (RESULTS / "serving_load.md").write_text("\n".join(lines) + "\n")
+    write_results("serving_load", results, lines)
 
 
 if __name__ == "__main__":

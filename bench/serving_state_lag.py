@@ -12,7 +12,6 @@ includes the stream worker's processing and commit interval and one serving requ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving_load import RESULTS, build_world
+from bench.output import write_results
+from bench.serving_load import build_world
 from infra.ports import free_port
 
 
@@ -43,9 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     import httpx
 
-    from bench.machine import machine
     from gensar.data import load
     from gensar.events import InteractionEvent
+    from gensar.machine import machine
     from gensar.replay import make_producer, replay, replay_order
     from gensar.settings import BUNDLED_DATA, BrokerSettings, KafkaSettings, Settings
     from gensar.topics import INTERACTIONS
@@ -123,10 +123,9 @@ def main() -> None:
         worker.wait(timeout=60)
         broker.stop()
         shutil.rmtree(root, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving_state_lag.json").write_text(json.dumps(results, indent=1))
     m, lag = results["machine"], results["lag_ms"]
-    (RESULTS / "serving_state_lag.md").write_text(
+    write_results(
+        "serving_state_lag", results,
         f"# Click-to-answer lag ({m['date']})\n\nMachine: {m['cpu']}, {m['cores']} cores (broker, stream worker, Ray and "
         f"the client on it). {args.users} fresh users, one click each; lag = broker ack -> first /recommend answer "
         f"decoded from the new history. Stream worker: exactly-once, commit interval 0.5 s (defaults).\n\n"

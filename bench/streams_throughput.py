@@ -15,7 +15,6 @@ source record's produce time (the worker copies it into a header).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
@@ -25,8 +24,9 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from bench.machine import machine
+from bench.output import write_results
 from gensar.data import load
+from gensar.machine import machine
 from gensar.replay import make_producer, replay, replay_order
 from gensar.settings import BUNDLED_DATA, KafkaSettings, Settings
 from gensar.topics import INTERACTIONS, ITEMS, SEARCH_EVENTS, TRAINING_SAMPLES
@@ -34,8 +34,6 @@ from infra.broker import KafkaBroker, ensure_topics
 from infra.ports import free_port
 from streams.inspect import wait_caught_up
 from streams.process import WorkerProcess
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def bare_consume(kafka: KafkaSettings, expected: int) -> float:
@@ -130,10 +128,10 @@ def main() -> None:
     finally:
         broker.stop()
         shutil.rmtree(home, ignore_errors=True)
-    write_results(args, len(backlog), runs)
+    report(args, len(backlog), runs)
 
 
-def write_results(args, n: int, runs: dict) -> None:
+def report(args, n: int, runs: dict) -> None:
     rows = {}
     for guarantee, run in runs.items():
         faust = [n / s for s in run["faust_s"]]
@@ -152,8 +150,6 @@ def write_results(args, n: int, runs: dict) -> None:
               "latency_events": args.latency_events, "latency_rate_per_s": args.latency_rate,
               "kafka_version": Settings().broker.kafka_version, "results": rows,
               "raw": {g: {"faust_s": r["faust_s"], "bare_s": r["bare_s"]} for g, r in runs.items()}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streams_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
     lines = [f"# Stream workers: throughput and latency ({m['date'][:10]}, {m['cpu']}, {m['cores']} cores)", "",
              f"{n:,} source records (bundled MovieLens: {n - 9742:,} user events after the 9,742-item catalogue) "
@@ -171,7 +167,7 @@ def write_results(args, n: int, runs: dict) -> None:
                      f"{b['median']:,.0f} ({b['min']:,.0f}–{b['max']:,.0f}) | {r['median']:.3f} | "
                      f"{p50['median']:.0f} ({p50['min']:.0f}–{p50['max']:.0f}) | "
                      f"{p99['median']:.0f} ({p99['min']:.0f}–{p99['max']:.0f}) |")
-    (RESULTS / "streams_throughput.md").write_text("\n".join(lines) + "\n")
+    write_results("streams_throughput", result, lines)
     print("\n".join(lines))
 
 

@@ -4,13 +4,14 @@ gate decisions) as a table on the console and a report (markdown + PNG charts + 
 from __future__ import annotations
 
 import bisect
-import os
 import statistics
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 from rich.table import Table
+
+from gensar.artifacts import write_file
 
 from demo.plots import prequential_charts
 from demo.prequential import Record, differences, summarize
@@ -110,10 +111,5 @@ def write_report(directory: Path, summary: Summary, records: list[Record]) -> Pa
     files = {"summary.json": summary.model_dump_json(indent=1).encode(), "report.md": markdown(summary).encode(),
              **{f"{task}.png": png for task, png in prequential_charts(records).items()}}
     for name, content in files.items():
-        tmp = directory / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / name)
+        write_file(directory / name, content)
     return directory / "report.md"

@@ -15,6 +15,7 @@ from typing import Callable
 import httpx
 from tqdm import tqdm
 
+from gensar.artifacts import write_file
 from gensar.replay import make_producer, replay
 
 from demo.bootstrap import BASE_NAME, ensure_base_model, ensure_identifiers, prepare_world
@@ -26,12 +27,7 @@ from demo.stack import Stack
 
 
 def save_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file(path, json.dumps(value, indent=1))
 
 
 def reset_state(root: Path) -> None:

@@ -14,9 +14,6 @@ and listed as skipped.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +29,8 @@ from evaluation.protocols import Case, cases, paper_candidates
 from evaluation.report import markdown_table, result_rows
 from evaluation.sasrec import SASRec
 from gensar import data as datasets
+from gensar.artifacts import write_file
+from gensar.machine import machine
 from identifiers.semantic import SemanticEncoder, item_texts
 from model.modeling import ModelSettings
 from model.recipe import train_gensar
@@ -102,21 +101,6 @@ class Clock:
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
-
-
-def machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": model, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__}
 
 
 ID_MODES = {"joint": "dual", "semantic-only": "semantic_only", "collaborative-only": "collaborative_only",
@@ -272,12 +256,8 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
 
 
 def write_report(report: dict, out: Path) -> Path:
-    """The JSON (atomically) and a markdown table beside it (same name, .md)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out)
+    """The JSON and a markdown table beside it (same name, .md), each written whole."""
+    out = write_file(Path(out), json.dumps(report, indent=1))
     m = report["machine"]
     lines = [f"# Quality benchmark ({report['date']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; budget "
@@ -288,5 +268,5 @@ def write_report(report: dict, out: Path) -> Path:
              markdown_table(report["results"]), ""]
     if report["skipped"]:
         lines += ["Skipped for the budget: " + "; ".join(report["skipped"]), ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    write_file(out.with_suffix(".md"), "\n".join(lines))
     return out

@@ -1,6 +1,7 @@
-"""Crash-safe artifact directories: files are written under a temporary name, fsynced,
-then the whole directory is renamed into place, so a reader sees either nothing or a
-complete artifact. A manifest lists every file's sha256; loading verifies them."""
+"""Crash-safe writes. Artifact directories: files are written under a temporary name,
+fsynced, then the whole directory is renamed into place, so a reader sees either nothing
+or a complete artifact; a manifest lists every file's sha256 and loading verifies them.
+Single files (state, reports, results) are replaced the same way: `write_file`."""
 
 from __future__ import annotations
 
@@ -33,6 +34,26 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_file(path: Path, data: bytes | str) -> Path:
+    """Replace `path` with `data`: written under a temporary name beside it, fsynced, then
+    renamed over it, so a reader (or a restart after a crash) sees the old file or the
+    new one, never part of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
 def write_artifact(target: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> Path:

@@ -10,7 +10,6 @@ last commit, loads its last save, and the duplicates fall away.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from gensar.artifacts import write_file
 from gensar.events import InvalidEvent, TrainingSample, decode
 from gensar.settings import KafkaSettings
 from gensar.topics import TRAINING_SAMPLES
@@ -98,12 +98,7 @@ class SampleBuffer:
         state = {"recent": [s.model_dump(mode="json") for s in self.recent],
                  "reservoir": [s.model_dump(mode="json") for s in self.reservoir],
                  "seen_total": self.seen_total, "ids": list(self._ids), "rng": self._rng.getstate()[1]}
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_file(path, json.dumps(state))
 
     def load(self, path: Path) -> None:
         if not path.exists():

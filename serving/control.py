@@ -5,12 +5,12 @@ writes the file and applies it at once, the others pick it up at their next regi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from gensar.artifacts import write_file
 
 CONTROL_FILE = "serving-control.json"
 
@@ -28,10 +28,4 @@ def read_control(registry_dir: Path) -> Control:
 
 def write_control(registry_dir: Path, control: Control) -> None:
     """Atomically: temp file, fsync, rename; a reader sees the old file or the new one."""
-    registry_dir = Path(registry_dir)
-    registry_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=registry_dir, prefix=".control-", delete=False) as f:
-        f.write(json.dumps(control.model_dump(), sort_keys=True))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, registry_dir / CONTROL_FILE)
+    write_file(Path(registry_dir) / CONTROL_FILE, json.dumps(control.model_dump(), sort_keys=True))

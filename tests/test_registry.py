@@ -1,10 +1,11 @@
-"""The model registry: immutable checksummed versions, decisions, rollback, announcements."""
+"""The model registry: immutable checksummed versions, decisions, rollback, announcements; and
+the crash-safe file writes it (and every state or report file) relies on."""
 
 from __future__ import annotations
 
 import pytest
 
-from gensar.artifacts import ArtifactError
+from gensar.artifacts import ArtifactError, write_file
 from learner.registry import (LocalArtifactStore, Manifest, Registry, RegistryError, TrainingWindow,
                               kafka_announcer, read_announcements)
 
@@ -102,3 +103,20 @@ def test_decisions_are_announced_on_the_model_versions_topic(kafka, tmp_path):
     registry.reject("k2", "NaN loss")
     seen = [(a.version, a.status) for a in read_announcements(kafka)]
     assert seen == [("k1", "candidate"), ("k1", "promoted"), ("k2", "candidate"), ("k2", "rejected")]
+
+
+def test_a_file_write_that_fails_midway_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
+    target = write_file(tmp_path / "control.json", '{"pinned": {}}')
+    assert target.read_text() == '{"pinned": {}}'
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("gensar.artifacts.os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_file(target, '{"pinned": {"search": "r0002"}}')
+    assert target.read_text() == '{"pinned": {}}'
+    assert [p.name for p in tmp_path.iterdir()] == ["control.json"]
+    monkeypatch.undo()
+    write_file(target, b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["control.json"]

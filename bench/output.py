@@ -1,0 +1,19 @@
+"""Where the benchmarks commit their results, and how: each file is written whole
+(temporary name, fsync, rename), so a crash leaves the previous results, never half of new ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gensar.artifacts import write_file
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def write_results(name: str, result: dict, markdown: str | list[str]) -> None:
+    """Write `RESULTS/<name>.json` (the result) and `RESULTS/<name>.md` (the markdown, lines
+    joined with newlines, ending in exactly one)."""
+    text = markdown if isinstance(markdown, str) else "\n".join(markdown)
+    write_file(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
+    write_file(RESULTS / f"{name}.md", text.rstrip("\n") + "\n")
