@@ -119,12 +119,16 @@ def assert_matches(settings: Settings, expected: Expected, dead_letters: int = 0
     assert not wrong, f"{len(wrong)} users differ, e.g. {wrong[0]}: {got_users[wrong[0]]} != {expected.users[wrong[0]]}"
 
     shares: dict[str, ItemStats] = {}
+    partitions: dict[str, dict[str, dict]] = defaultdict(dict)  # item -> partition -> its share, for the message
     for key, value in table_snapshot(settings, "item-stats").items():
-        item = key.decode().split("/", 1)[1]
+        partition, item = key.decode().split("/", 1)
         share = ItemStats.model_validate_json(value)
+        partitions[item][partition] = share.model_dump(include={"interactions", "search_clicks", "applied"})
         shares[item] = shares[item].merge(share) if item in shares else share
     got_stats = {i: (s.interactions, s.ratings, s.rating_sum, s.search_clicks) for i, s in shares.items()}
-    assert got_stats == expected.item_stats
+    wrong_items = sorted(i for i in expected.item_stats.keys() | got_stats.keys() if got_stats.get(i) != expected.item_stats.get(i))
+    assert not wrong_items, f"{len(wrong_items)} items' statistics differ, e.g. " + "; ".join(
+        f"{i}: {got_stats.get(i)} != {expected.item_stats.get(i)} (shares {partitions[i]})" for i in wrong_items[:4])
 
     records = read_topic(settings.kafka, TRAINING_SAMPLES.full_name(settings.kafka))
     samples = [TrainingSample.model_validate_json(r.value) for r in records]
