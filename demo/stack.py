@@ -18,6 +18,7 @@ import httpx
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from gensar.artifacts import write_file
 from gensar.settings import BrokerSettings, KafkaSettings, Settings
 from infra.broker import KafkaBroker, ensure_topics
 from infra.ports import free_port
@@ -36,8 +37,7 @@ def ports(root: Path) -> dict[str, int]:
     if path.exists():
         return json.loads(path.read_text())
     chosen = {name: free_port() for name in PORTS}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(chosen))
+    write_file(path, json.dumps(chosen))
     return chosen
 
 
