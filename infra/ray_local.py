@@ -22,11 +22,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    if address and not is_loopback(address):
-        ray.init(address=address, log_to_driver=False)
-        return
-    _stay_on_loopback()
-    if address:  # a loopback cluster another process started (the demo's learner joins the demo's)
+    if not address or is_loopback(address):  # e.g. the demo's learner joins the demo's cluster
+        _stay_on_loopback()
+    if address:
         ray.init(address=address, log_to_driver=False)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
