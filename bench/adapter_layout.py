@@ -173,8 +173,9 @@ def main() -> None:
               "train_samples": {"search": sum(s.task == "search" for s in train), "rec": sum(s.task == "rec" for s in train)},
               "layouts": {layout: {k: v for k, v in run.items() if k != "registry"} for layout, run in runs.items()},
               "test_events": len(per_event[args.train_events:][: args.test_events]), "served": served, "results": rows, "wall_seconds": round(time.perf_counter() - t0, 1)}
-    write_results("adapter_layout", report, markdown(report))
-    print(markdown(report))
+    text = markdown(report)
+    write_results("adapter_layout", report, text)
+    print(text)
 
 
 def markdown(r: dict) -> str:

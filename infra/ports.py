@@ -29,9 +29,9 @@ def _ephemeral_start() -> int:
 def free_port(host: str = "127.0.0.1") -> int:
     """A port no socket on `host` holds now, outside the ranges handed out implicitly."""
     low, high = RAY_WORKER_PORTS_END + 1, _ephemeral_start() - 1
-    candidates = [port for port in range(low, high + 1) if port not in _handed_out]
-    random.shuffle(candidates)
-    for port in candidates[:1000]:
+    for port in random.sample(range(low, high + 1), min(1000, high - low + 1)):
+        if port in _handed_out:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind((host, port))

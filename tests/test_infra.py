@@ -19,7 +19,7 @@ def test_free_ports_are_distinct_bindable_and_outside_implicit_ranges():
 
 
 def test_a_port_held_by_a_listener_is_skipped(monkeypatch):
-    monkeypatch.setattr("infra.ports.random.shuffle", lambda ports: None)  # lowest port first
+    monkeypatch.setattr("infra.ports.random.sample", lambda ports, k: list(ports)[:k])  # lowest port first
     first = free_port()
     with socket.socket() as held:
         held.bind(("127.0.0.1", first + 1))

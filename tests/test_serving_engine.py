@@ -19,8 +19,8 @@ from gensar.replay import make_producer
 from gensar.topics import ITEMS
 from identifiers.idmap import MapStore
 from learner.lora import save_adapter, tune
-from learner.settings import LoraSettings
 from learner.registry import LocalArtifactStore, Manifest, Registry, TrainingWindow
+from learner.settings import LoraSettings
 from model.artifact import GenSARModel
 from model.tasks import TaskMix, build_pools
 from model.train import TrainSettings, train
