@@ -112,6 +112,6 @@ def ensure_base_model(world: World, idmap: IdentifierMap, root: Path, settings: 
     gm, _, report = train_gensar(world.ds, world.bootstrap, idmap, ModelSettings(), TaskMix(), train,
                                  checkpoint_dir=target.with_name(BASE_NAME + ".ckpt"))
     gm.save(target)
-    log(f"base model: {report.samples:,} samples in {report.seconds:.0f}s, loss {report.losses[0]:.3f} -> "
+    log(f"base model: {report.identifiers:,} identifier targets in {report.seconds:.0f}s, loss {report.losses[0]:.3f} -> "
         f"{report.losses[-1]:.3f}")
     return target

@@ -1,8 +1,9 @@
-"""Our model in the evaluation harness: constrained beam search, scored like any system.
+"""Our model in the evaluation harness, scored like any system.
 
-The paper protocol decodes within each case's 100 candidates (one candidate group per
-case in the constraint); the full protocol decodes over the whole catalogue. Items the
-beam does not reach score -inf (tied below every reached item)."""
+The paper protocol ranks each case's 100 candidates by the exact log-likelihood of their
+identifiers (model.generate.score_ids: no beam can drop the true item); the full protocol
+decodes over the whole catalogue with constrained beam search, and items the beam does
+not reach score -inf (tied below every reached item)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from evaluation.protocols import Case
 from identifiers.constraints import PrefixConstraint
 from model.artifact import GenSARModel
-from model.generate import beam_search
+from model.generate import beam_search, score_ids
 from model.tasks import Renderer
 
 
@@ -33,35 +34,25 @@ class GenerativeSystem:
         self.n_items = len(item_index)
         self._full = None
 
-    def constraint(self, candidates: np.ndarray | None) -> PrefixConstraint:
-        """Over the catalogue (one group), or one group per case over its candidates."""
-        if candidates is None:
-            if self._full is None:
-                coded = np.flatnonzero(self.eval_rows >= 0)
-                self._full = PrefixConstraint(self.codes[coded], self.codebook_size, rows=self.eval_rows[coded])
-            return self._full
-        groups = np.repeat(np.arange(len(candidates)), candidates.shape[1])
-        rows = candidates.reshape(-1)
-        coded = self.map_rows[rows] >= 0
-        return PrefixConstraint(self.codes[self.map_rows[rows[coded]]], self.codebook_size, groups=groups[coded],
-                                rows=rows[coded], n_groups=len(candidates))
+    def constraint(self) -> PrefixConstraint:
+        """Over the catalogue (one group)."""
+        if self._full is None:
+            coded = np.flatnonzero(self.eval_rows >= 0)
+            self._full = PrefixConstraint(self.codes[coded], self.codebook_size, rows=self.eval_rows[coded])
+        return self._full
 
     def sources(self, cases: Sequence[Case]) -> list[tuple[int, ...]]:
         return [self.renderer.source(self.task, c.history, c.query) for c in cases]
 
     def score(self, cases: Sequence[Case], candidates: np.ndarray | None = None) -> np.ndarray:
-        constraint = self.constraint(candidates)
-        groups = None if candidates is None else np.arange(len(cases))
-        ranked = beam_search(self.gm.model, self.gm.vocab, self.task, self.sources(cases), constraint, groups,
+        if candidates is not None:  # (N, C): exact scores of the candidates' identifiers
+            rows = self.map_rows[candidates]  # (N, C) map rows, -1 without an identifier
+            codes = np.where(rows[..., None] >= 0, self.codes[rows.clip(min=0)], -1)  # (N, C, L)
+            return score_ids(self.gm.model, self.gm.vocab, self.task, self.sources(cases), codes)
+        ranked = beam_search(self.gm.model, self.gm.vocab, self.task, self.sources(cases), self.constraint(),
                              beam_size=self.beam_size, batch_size=self.batch_size)
-        width = self.n_items if candidates is None else candidates.shape[1]
-        out = np.full((len(cases), width), -np.inf)
+        out = np.full((len(cases), self.n_items), -np.inf)
         for i in range(len(cases)):
             hit = ranked.rows[i] >= 0
-            rows, scores = ranked.rows[i][hit], ranked.scores[i][hit]
-            if candidates is None:
-                out[i, rows] = scores
-            else:
-                column = {int(r): j for j, r in enumerate(candidates[i])}
-                out[i, [column[int(r)] for r in rows]] = scores
+            out[i, ranked.rows[i][hit]] = ranked.scores[i][hit]
         return out

@@ -91,6 +91,19 @@ def build_identifiers(dataset: Dataset, train_events: Sequence, config: BuildCon
         return _build(dataset, train_events, config, state_dir, version, settings, progress, save)
 
 
+# The variants the quality benchmark compares, by name: the RQ-VAE mode of each.
+VARIANTS = {"joint": "dual", "semantic-only": "semantic_only", "collaborative-only": "collaborative_only",
+            "no-shared": "no_shared"}
+
+
+def build_variant(dataset: Dataset, train_events: Sequence, variant: str, state_dir: Path, seed: int = 0,
+                  rqvae_epochs: int | None = None):
+    """The identifier map of a named variant (VARIANTS), built from the training events only."""
+    epochs = {"epochs": rqvae_epochs} if rqvae_epochs else {}
+    config = BuildConfig(rqvae=RQVAEConfig(mode=VARIANTS[variant], seed=seed, **epochs))
+    return build_identifiers(dataset, train_events, config, state_dir, progress=False).idmap
+
+
 @contextmanager
 def torch_threads(n: int):
     """Run with n torch CPU threads (0: unchanged), restoring the previous count after."""

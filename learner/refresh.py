@@ -82,11 +82,12 @@ class GateCases:
             self.by_task[task] = (cases, paper_candidates(None, self.item_index, cases, bm25, seed, fit, touched).rows)
 
 
-def evaluate(gm: GenSARModel, renderer: Renderer, held_out: GateCases, beam_size: int) -> dict[str, dict]:
-    """HR@10 / NDCG@10 per task, with n, among each case's candidates."""
+def evaluate(gm: GenSARModel, renderer: Renderer, held_out: GateCases) -> dict[str, dict]:
+    """HR@10 / NDCG@10 per task, with n, among each case's candidates, ranked by the exact
+    log-likelihood of their identifiers (no beam can drop the true item)."""
     out = {}
     for task, (cases, candidates) in held_out.by_task.items():
-        system = GenerativeSystem(f"gate-{task}", task, gm, renderer, held_out.item_index, beam_size=beam_size)
+        system = GenerativeSystem(f"gate-{task}", task, gm, renderer, held_out.item_index)
         scores = system.score(cases, candidates)
         per_case = expected_metrics(*rank_counts(scores, np.zeros(len(cases), np.int64)))  # column 0: the true item
         out[task] = {"n": len(cases), **{m: float(per_case[m].mean()) for m in GATE_METRICS}}
@@ -148,10 +149,10 @@ class Refresher:
         times = [s.timestamp for s in train_part]
         window = TrainingWindow(samples=len(samples), first_event_time=min(times, default=None),
                                 last_event_time=max(times, default=None), replayed=len(replayed))
-        train_settings = TrainSettings(epochs=settings.training.epochs, batch_size=settings.training.batch_size,
+        train_settings = TrainSettings(epochs=settings.training.epochs, batch_tokens=settings.training.batch_tokens,
                                        learning_rate=settings.training.learning_rate,
                                        warmup_steps=settings.training.warmup_steps, device=settings.device,
-                                       seed=settings.seed, log_every=10)
+                                       seed=settings.seed, log_every=1)  # refreshes are short: every step
         parent = self.registry.serving(self.task)
         serving_renderer = self.renderer_for(self.registry.manifest(parent).idmap_version) if parent \
             else self.base_renderer
@@ -166,11 +167,11 @@ class Refresher:
                                                                       serving_renderer.idmap)
             adapter_dir, scores, report, rejected_for = Path(tmp) / "adapter", {}, None, None
             try:
-                adapted, report = tune(self.base.model, samples, self.base.vocab.pad_id, train_settings,
+                adapted, report = tune(self.base.model, samples, self.base.vocab, train_settings,
                                        settings.lora, init_adapter=parent_dir)
                 save_adapter(adapted, adapter_dir)
                 candidate = self._with(adapted.merge_and_unload().eval(), self.renderer.idmap)
-                scores = {who: evaluate(gm, renderer, held_out, settings.gate_beam_size)
+                scores = {who: evaluate(gm, renderer, held_out)
                           for who, gm, renderer in (("candidate", candidate, self.renderer),
                                                     ("serving", serving, serving_renderer))}
             except NonFiniteLoss as exc:

@@ -18,7 +18,7 @@ class LoraSettings(BaseModel):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = None  # None: the attention projections of the architecture
+    target_modules: list[str] | None = None  # None: every linear layer of the architecture's blocks
 
 
 class RefreshTraining(BaseModel):
@@ -27,7 +27,7 @@ class RefreshTraining(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(32, ge=1)
+    batch_tokens: int = Field(4096, ge=16)  # tokens per batch (a sample is its history and target)
     learning_rate: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(0, ge=0)
 
@@ -58,7 +58,6 @@ class LearnerSettings(BaseSettings):
     # each ranked among `gate_negatives` others (the paper protocol: learner.refresh.GateCases).
     gate_margin: float = Field(0.02, ge=0)
     gate_negatives: int = Field(99, ge=1)
-    gate_beam_size: int = Field(20, ge=1)
     adapters: Literal["joint", "per-task"] = "joint"
     lora: LoraSettings = LoraSettings()
     training: RefreshTraining = RefreshTraining()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from gensar.artifacts import ArtifactError, read_artifact, write_artifact
 from model.modeling import ModelSettings
@@ -26,7 +26,7 @@ from model.tasks import RenderSettings
 from model.vocab import IdLayout, Vocabulary
 
 FORMAT = "gensar-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder-only model over event sequences
 
 
 @dataclass
@@ -65,7 +65,7 @@ class GenSARModel:
             raise ArtifactError(f"{path / 'manifest.json'}: not a {FORMAT} v{FORMAT_VERSION} artifact")
         meta = json.loads(files["gensar.json"])
         vocab = Vocabulary(IdLayout(**meta["layout"]), AutoTokenizer.from_pretrained(str(path)), meta["text_ids"])
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(path)).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval()
         if model.get_input_embeddings().num_embeddings < vocab.size:
             raise ArtifactError(f"{path}: model vocabulary is smaller than its identifier layout needs")
         return cls(model, vocab, ModelSettings(**meta["settings"]), RenderSettings(**meta["render"]),

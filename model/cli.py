@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, help="The GenSAR seq2seq model: training and artifacts.")
+app = typer.Typer(no_args_is_help=True, help="The GenSAR model: training and artifacts.")
 console = Console()
 
 
@@ -21,8 +21,8 @@ def train_command(
     split: str = typer.Option("leave-one-out", help="Training events: 'leave-one-out' or 'temporal' (train part)."),
     minutes: Optional[float] = typer.Option(None, help="Training time budget."),
     epochs: float = typer.Option(3.0, help="Epochs over the task mixture (the budget may stop earlier)."),
-    backbone: str = typer.Option("t5", help="t5 | minilm-encoder | pretrained"),
-    pretrained_path: Optional[Path] = typer.Option(None, help="Local HF seq2seq checkpoint for --backbone pretrained."),
+    backbone: str = typer.Option("llama", help="llama (from scratch) | pretrained"),
+    pretrained_path: Optional[Path] = typer.Option(None, help="Local HF causal-LM checkpoint for --backbone pretrained."),
     device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads; 0: torch's default (1 is faster on a busy machine)."),
@@ -47,13 +47,13 @@ def train_command(
     if idmap is not None:
         ids = IdentifierMap.load(idmap)
     else:
-        from evaluation.quality import build_idmap
+        from identifiers.build import build_variant
 
-        ids = build_idmap(ds, chosen.train, "joint", settings.state_dir / "models" / f"{out.name}-ids", seed)
+        ids = build_variant(ds, chosen.train, "joint", settings.state_dir / "models" / f"{out.name}-ids", seed)
     train_settings = TrainSettings(epochs=epochs, max_minutes=minutes, device=device, seed=seed, checkpoint_every=200)
     gm, _, report = train_gensar(ds, chosen.train, ids, ModelSettings(backbone=backbone, pretrained_path=pretrained_path),
                                  TaskMix(), train_settings, checkpoint_dir=out.with_name(out.name + ".ckpt"), seed=seed)
     gm.save(out)
     console.print(f"saved {out} (identifier map {ids.version}); {gm.info['parameters']:,} parameters; "
-                  f"{report.samples:,} samples in {report.seconds:.0f}s on {report.device} "
-                  f"({report.samples_per_second:.0f}/s), loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f}")
+                  f"{report.identifiers:,} identifier targets in {report.seconds:.0f}s on {report.device} "
+                  f"({report.identifiers_per_second:.0f}/s), loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f}")

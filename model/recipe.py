@@ -18,11 +18,11 @@ from model.vocab import IdLayout, Vocabulary
 def make_renderer(ds: Dataset, train_events: Sequence[UserEvent], idmap, model_settings: ModelSettings,
                   render: RenderSettings = RenderSettings()) -> Renderer:
     """The vocabulary (compacted to the corpus' word pieces for a model trained from
-    scratch; the tokenizer's full vocabulary for a pretrained encoder) and the renderer."""
+    scratch; the tokenizer's full vocabulary for a pretrained checkpoint) and the renderer."""
     texts = item_texts(ds, train_events)
     tokenizer = backbone_tokenizer(model_settings)
     layout = IdLayout.of(idmap)
-    if model_settings.backbone == "t5":
+    if model_settings.backbone == "llama":
         corpus = [*texts.values(), *(e.query for e in train_events if e.type == "search")]
         vocab = Vocabulary.for_corpus(layout, corpus, tokenizer)
     else:
@@ -37,7 +37,7 @@ def train_gensar(ds: Dataset, train_events: Sequence[UserEvent], idmap, model_se
     renderer = make_renderer(ds, train_events, idmap, model_settings, render)
     pools = build_pools(renderer, train_events)
     model = build_model(model_settings, renderer.vocab, seed=seed)
-    report = train(model, pools, mix, train_settings, renderer.vocab.pad_id, checkpoint_dir=checkpoint_dir,
+    report = train(model, pools, mix, train_settings, renderer.vocab, checkpoint_dir=checkpoint_dir,
                    progress=progress)
     info = {"train": report.to_json(), "parameters": parameter_count(model),
             "pool_sizes": {t: len(p) for t, p in pools.items()}, "mix": mix.model_dump()}

@@ -1,20 +1,28 @@
-"""Training samples with task prompts (GenSAR's tasks), and the same rendering for requests.
+"""GenSAR's tasks as token sequences for one decoder (GenSAR section 3.2, decoder-only).
 
-Every sample is (task, source tokens, target tokens). A user's history is rendered as the
-paper has it, items as identifiers including what was searched: the most recent events,
-oldest first, an interaction as the item's recommendation id, a search as the query text
-followed by the clicked item's recommendation id. Tasks:
+A user's events, in event order, are ONE sequence; every identifier in it is a target:
 
-    rec               "recommend:" + history                  -> next item's rec id
-    search            "search: <query> history:" + history    -> clicked item's search id
-    synthetic_search  the same, the query built from the item's metadata (genres), as in the
-                      semi-synthetic Amazon product-search protocol
-    item_to_id        "search id: <item text>" / "rec id: <item text>" -> that id (alignment)
-    id_to_item        "title of:" + search or rec id           -> the title (alignment)
-    next_query        "next query:" + history                  -> the next query's text
+    [CLS] <rec> r1 r2 r3 r4  <search> w1 w2 [SEP] s1 s2 s3 s4  <rec> r1 r2 r3 r4 ...
+          └ interaction ┘    └ search: query pieces, then the clicked item's search id ┘
+
+so one forward pass trains a next-item target at every interaction (recommendation:
+history -> rec id), a search target at every search (query + history -> search id) and
+the query's word pieces (history -> next query). History items are written with the id
+of their own event's task: an interaction as its rec id, a search as its query and the
+clicked item's search id. The alignment tasks are short sequences in the same batches:
+
+    synthetic_search   [CLS] <search> genre words [SEP] search id   (the semi-synthetic
+                       Amazon protocol: the query is the item's category words)
+    item_to_id         [CLS] <text> item text [SEP] shared + semantic + collaborative codes
+    id_to_item         [CLS] <title> search id title [SEP]
 
 Item text (identifiers.semantic.item_texts) is the title, the genres and the TRAINING-split
 tags only (tags are also the queries: a test tag in item text would reveal the target).
+
+Every Sample carries, per token, the task whose loss covers it (0: context only), so a
+TaskMix weighs the tasks inside one sequence and single-task training is the same data
+with other weights. Long users are cut into windows of `context_tokens` that overlap by
+`overlap_tokens`; a target is trained in exactly one window (the first that holds it).
 """
 
 from __future__ import annotations
@@ -27,47 +35,59 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gensar.data import Dataset, UserEvent, event_order, target_item
-from gensar.events import HistoryEntry, InteractionEvent, SearchEvent, TrainingSample
+from gensar.events import HistoryEntry, SearchEvent, TrainingSample
 
-TASKS = ("rec", "search", "synthetic_search", "item_to_id", "id_to_item", "next_query")
+# What a token's loss belongs to; KIND[task] is the code stored per token (0: no loss).
+TASKS = ("rec", "search", "next_query", "synthetic_search", "item_to_id", "id_to_item")
+KIND = {task: i + 1 for i, task in enumerate(TASKS)}
+ALIGNMENT = ("synthetic_search", "item_to_id", "id_to_item")  # short sequences, drawn per epoch
 
 
 class TaskMix(BaseModel):
-    """Samples per epoch = weight x pool size for each task (weights above 1 repeat)."""
+    """Loss weights of the targets inside user sequences (rec, search, next_query), and,
+    for the alignment tasks, sequences per epoch = weight x pool size (above 1 repeats)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # Per epoch on the bundled data: ~25k of ~100k rec samples (a fresh draw each epoch:
-    # 2 CPU cores), ~7k real-query searches (oversampled: they are few), 5k semi-synthetic.
-    rec: float = Field(0.25, ge=0)
-    search: float = Field(2.0, ge=0)
-    synthetic_search: float = Field(0.05, ge=0)
-    item_to_id: float = Field(0.25, ge=0)
-    id_to_item: float = Field(0.05, ge=0)
+    rec: float = Field(1.0, ge=0)
+    search: float = Field(1.0, ge=0)
     next_query: float = Field(0.2, ge=0)
+    synthetic_search: float = Field(0.1, ge=0)  # pool: one per training interaction with genres
+    item_to_id: float = Field(0.5, ge=0)
+    id_to_item: float = Field(0.1, ge=0)
 
     @classmethod
     def single(cls, task: str) -> "TaskMix":
-        """Single-task training (the ablation): only that task's own samples."""
+        """Single-task training (the ablation): only that task's own targets."""
         default = cls()
         weights = {"rec": {"rec": default.rec},
                    "search": {"search": default.search, "synthetic_search": default.synthetic_search}}[task]
         return cls(**{t: weights.get(t, 0.0) for t in TASKS})
 
+    def weights(self) -> np.ndarray:
+        """(1 + len(TASKS),) loss weight by kind code; kind 0 (context) weighs 0."""
+        return np.array([0.0] + [getattr(self, t) for t in TASKS])
+
 
 class RenderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    history_events: int = Field(10, ge=1)  # the most recent events a source shows
-    max_source_tokens: int = Field(64, ge=16)
-    max_text_tokens: int = Field(24, ge=4)  # per query / title / item text piece
+    context_tokens: int = Field(256, ge=16)  # training windows and request prefixes
+    overlap_tokens: int = Field(128, ge=0)  # of consecutive windows of one user
+    max_text_tokens: int = Field(12, ge=2)  # per query / title
+    item_text_tokens: int = Field(48, ge=4)  # item text of item_to_id
 
 
 @dataclass(frozen=True)
 class Sample:
-    task: str
-    source: tuple[int, ...]
-    target: tuple[int, ...]  # ends with the eos token
+    task: str  # "events" (a user's window), an alignment task, or a stream sample's task
+    tokens: tuple[int, ...]
+    kinds: tuple[int, ...]  # per token: KIND of the task whose loss covers it, 0 for context
+
+    @property
+    def targets(self) -> int:
+        """Identifiers (and text pieces) this sample trains."""
+        return sum(k > 0 for k in self.kinds)
 
 
 # --- semi-synthetic queries (item text: identifiers.semantic.item_texts) ----------------------
@@ -77,82 +97,148 @@ def synthetic_query(ds: Dataset, item_id: str) -> str | None:
     """The item's category words (its genres), as Amazon queries come from the category path;
     None when the item has no genres."""
     genres = ds.items[item_id].fields.get("genres", "")
-    return genres.replace(",", "").lower() or None
+    return genres.replace(",", "").replace("|", " ").lower() or None
 
 
 # --- rendering ---------------------------------------------------------------------------------
 
 
+Chunk = tuple[list[int], list[int]]  # (tokens, kinds)
+
+
 class Renderer:
     """Turns events, queries and identifiers into token sequences for one identifier map."""
 
-    def __init__(self, vocab, idmap, ds: Dataset, item_text: dict[str, str], settings: RenderSettings = RenderSettings()):
+    def __init__(self, vocab, idmap, ds: Dataset | None, item_text: dict[str, str],
+                 settings: RenderSettings = RenderSettings()):
         self.vocab, self.idmap, self.ds, self.settings = vocab, idmap, ds, settings
         self.item_text = item_text
         self.search_tokens = vocab.id_tokens("search", idmap.search_codes)  # (n_items, L_s)
         self.rec_tokens = vocab.id_tokens("rec", idmap.rec_codes)  # (n_items, L_r)
         self._text_cache: dict[str, tuple[int, ...]] = {}
-        self.prompts = {name: self.text(name) for name in ("recommend:", "history:", "search id:", "rec id:",
-                                                             "title of:", "next query:", "search:")}
+        self.mark = vocab.markers
 
-    def text(self, text: str) -> tuple[int, ...]:
-        tokens = self._text_cache.get(text)
+    def text(self, text: str, limit: int | None = None) -> tuple[int, ...]:
+        key = (text, limit)
+        tokens = self._text_cache.get(key)
         if tokens is None:
-            tokens = tuple(self.vocab.text(text)[: self.settings.max_text_tokens])
-            self._text_cache[text] = tokens
+            tokens = tuple(self.vocab.text(text)[: limit or self.settings.max_text_tokens])
+            self._text_cache[key] = tokens
         return tokens
 
     def row(self, item_id: str) -> int | None:
         return self.idmap.row(item_id) if item_id in self.idmap else None
 
-    def history(self, events: Sequence[UserEvent | HistoryEntry], budget: int) -> list[int]:
-        """The most recent events that fit `budget` tokens, oldest first. Events are
-        dataset/stream events or the `HistoryEntry`s a TrainingSample carries."""
-        chunks, used = [], 0
-        for e in reversed(events[-self.settings.history_events:]):
-            item, query = _item_and_query(e)
-            row = self.row(item)
-            if row is None:
+    def ids(self, task: str, row: int) -> list[int]:
+        return (self.search_tokens if task == "search" else self.rec_tokens)[row].tolist()
+
+    def head(self, task: str, query: str | None = None) -> Chunk:
+        """What precedes an identifier of `task`: <rec>, or <search> query [SEP]."""
+        if task == "rec":
+            return [self.mark["rec"]], [0]
+        words = list(self.text(query or ""))
+        return ([self.mark["search"], *words, self.vocab.eos_id],
+                [0] + [KIND["next_query"]] * (len(words) + 1))
+
+    def event(self, e: UserEvent | HistoryEntry) -> Chunk | None:
+        """One event as tokens with their loss kinds; None when its item has no identifier."""
+        item, query = _item_and_query(e)
+        row = self.row(item)
+        if row is None:
+            return None
+        task = "rec" if query is None else "search"
+        tokens, kinds = self.head(task, query)
+        ids = self.ids(task, row)
+        return tokens + ids, kinds + [KIND[task]] * len(ids)
+
+    def context(self, history: Sequence[UserEvent | HistoryEntry], budget: int) -> list[int]:
+        """[CLS] + the most recent events that fit `budget` tokens (with [CLS]), oldest first."""
+        chunks, used = [], 1
+        for e in reversed(history):
+            chunk = self.event(e)
+            if chunk is None:
                 continue
-            chunk = list(self.rec_tokens[row])
-            if query is not None:
-                chunk = list(self.text(query)) + chunk
-            if used + len(chunk) > budget:
+            if used + len(chunk[0]) > budget:
                 break
-            chunks.append(chunk)
-            used += len(chunk)
-        return [t for chunk in reversed(chunks) for t in chunk]
+            chunks.append(chunk[0])
+            used += len(chunk[0])
+        return [self.vocab.start_id] + [t for chunk in reversed(chunks) for t in chunk]
 
     def source(self, task: str, history: Sequence[UserEvent | HistoryEntry], query: str | None = None) -> tuple[int, ...]:
-        """The encoder input of a rec or search request (or a next-query sample)."""
-        limit = self.settings.max_source_tokens
-        if task == "rec":
-            head = list(self.prompts["recommend:"])
-        elif task in ("search", "synthetic_search"):
-            head = list(self.prompts["search:"]) + list(self.text(query or "")) + list(self.prompts["history:"])
-        elif task == "next_query":
-            head = list(self.prompts["next query:"])
-        else:
-            raise ValueError(f"no request source for task {task!r}")
-        return tuple(head + self.history(history, limit - len(head)))
+        """The prefix of a "rec" or "search" request: context, then the task's head; the
+        model continues it with the identifier."""
+        task = "search" if task == "synthetic_search" else task
+        head = self.head(task, query)[0]
+        depth = self.vocab.layout.search_levels if task == "search" else self.vocab.layout.rec_levels
+        return tuple(self.context(history, self.settings.context_tokens - len(head) - depth) + head)
 
     def target_id(self, task: str, item_id: str) -> tuple[int, ...] | None:
         row = self.row(item_id)
         if row is None:
             return None
-        tokens = self.search_tokens[row] if task in ("search", "synthetic_search") else self.rec_tokens[row]
-        return tuple(int(t) for t in tokens) + (self.vocab.eos_id,)
-
-    def end(self, tokens: Sequence[int]) -> tuple[int, ...]:
-        return tuple(tokens) + (self.vocab.eos_id,)
+        return tuple(self.ids("search" if task in ("search", "synthetic_search") else "rec", row))
 
     def training_sample(self, sample: TrainingSample) -> Sample | None:
-        """A stream TrainingSample (streams/) as a model sample; None when its target
-        item has no identifier in this map (a new item: the learner assigns one first)."""
+        """A stream TrainingSample (streams/): its history, then its target, the loss on the
+        target only (the history's events were targets of earlier samples). None when the
+        target item has no identifier in this map (a new item: the learner assigns one first)."""
         target = self.target_id(sample.task, sample.target_item)
         if target is None:
             return None
-        return Sample(sample.task, self.source(sample.task, sample.events, sample.query), target)
+        source = self.source(sample.task, sample.events, sample.query)
+        return Sample(sample.task, source + target, (0,) * len(source) + (KIND[sample.task],) * len(target))
+
+    # --- training sequences ----------------------------------------------------------------
+
+    def windows(self, events: Sequence[UserEvent]) -> list[Sample]:
+        """A user's events as windows of at most `context_tokens`, consecutive windows
+        overlapping by about `overlap_tokens`; each event's loss lives in one window only."""
+        chunks = [c for c in map(self.event, events) if c is not None]
+        limit = self.settings.context_tokens - 1  # [CLS]
+        out, start, trained = [], 0, 0  # trained: events whose loss an earlier window holds
+        while trained < len(chunks):
+            end, used = start, 0
+            while end < len(chunks) and used + len(chunks[end][0]) <= limit:
+                used += len(chunks[end][0])
+                end += 1
+            end = max(end, trained + 1)  # at least one new event (one longer than a window is cut below)
+            tokens, kinds = [self.vocab.start_id], [0]
+            for i in range(start, end):
+                tokens += chunks[i][0]
+                kinds += chunks[i][1] if i >= trained else [0] * len(chunks[i][1])
+            out.append(Sample("events", tuple(tokens[: limit + 1]), tuple(kinds[: limit + 1])))
+            previous, start, trained, back = start, end, end, 0
+            # the next window starts with about the last overlap_tokens of this one, as context
+            while start - 1 > previous and back + len(chunks[start - 1][0]) <= self.settings.overlap_tokens:
+                back += len(chunks[start - 1][0])
+                start -= 1
+        return out
+
+    def alignment(self, item_id: str, text: str) -> dict[str, Sample]:
+        """The item's alignment sequences (item text -> ids, id -> title)."""
+        row = self.row(item_id)
+        if row is None:
+            return {}
+        bos, sep = self.vocab.start_id, self.vocab.eos_id
+        words = list(self.text(text, self.settings.item_text_tokens))
+        codes = self.ids("search", row) + self.ids("rec", row)[self.vocab.layout.n_shared:]
+        title = list(self.text(self.ds.items[item_id].title)) + [sep]
+        search_id = self.ids("search", row)
+        return {
+            "item_to_id": Sample("item_to_id", (bos, self.mark["text"], *words, sep, *codes),
+                                 (0,) * (len(words) + 3) + (KIND["item_to_id"],) * len(codes)),
+            "id_to_item": Sample("id_to_item", (bos, self.mark["title"], *search_id, *title),
+                                 (0,) * (len(search_id) + 2) + (KIND["id_to_item"],) * len(title)),
+        }
+
+    def synthetic_search(self, item_id: str) -> Sample | None:
+        query, row = synthetic_query(self.ds, item_id), self.row(item_id)
+        if not query or row is None:
+            return None
+        tokens, _ = self.head("search", query)
+        ids = self.ids("search", row)
+        return Sample("synthetic_search", (self.vocab.start_id, *tokens, *ids),
+                      (0,) * (len(tokens) + 1) + (KIND["synthetic_search"],) * len(ids))
 
 
 def _item_and_query(e: UserEvent | HistoryEntry) -> tuple[str, str | None]:
@@ -165,52 +251,37 @@ def _item_and_query(e: UserEvent | HistoryEntry) -> tuple[str, str | None]:
 
 
 def build_pools(renderer: Renderer, train_events: Sequence[UserEvent]) -> dict[str, list[Sample]]:
-    """Every training sample of every task, from the training events only."""
-    pools: dict[str, list[Sample]] = {t: [] for t in TASKS}
+    """Every training sequence, from the training events only: "events" (user windows) and
+    one pool per alignment task."""
+    pools: dict[str, list[Sample]] = {"events": [], **{t: [] for t in ALIGNMENT}}
     by_user: dict[str, list[UserEvent]] = defaultdict(list)
     for e in sorted(train_events, key=event_order):
         by_user[e.user_id].append(e)
+        if e.type == "interaction" and (s := renderer.synthetic_search(e.item_id)) is not None:
+            pools["synthetic_search"].append(s)
     for events in by_user.values():
-        for i, e in enumerate(events):
-            history = events[:i]
-            if isinstance(e, InteractionEvent):
-                target = renderer.target_id("rec", e.item_id)
-                if target is not None and history:
-                    pools["rec"].append(Sample("rec", renderer.source("rec", history), target))
-                query = synthetic_query(renderer.ds, e.item_id)
-                target = renderer.target_id("search", e.item_id)
-                if query and target is not None:
-                    pools["synthetic_search"].append(
-                        Sample("synthetic_search", renderer.source("search", history, query), target))
-            else:
-                target = renderer.target_id("search", e.clicked_items[0])
-                if target is not None:
-                    pools["search"].append(Sample("search", renderer.source("search", history, e.query), target))
-                if history:
-                    pools["next_query"].append(Sample("next_query", renderer.source("next_query", history),
-                                                      renderer.end(renderer.text(e.query))))
+        pools["events"].extend(renderer.windows(events))
     for item_id, text in renderer.item_text.items():
-        row = renderer.row(item_id)
-        if row is None:
-            continue
-        for kind, ids in (("search", renderer.search_tokens[row]), ("rec", renderer.rec_tokens[row])):
-            prompt = renderer.prompts[f"{kind} id:"]
-            pools["item_to_id"].append(Sample("item_to_id", prompt + renderer.text(text), renderer.end(ids.tolist())))
-            pools["id_to_item"].append(Sample("id_to_item", renderer.prompts["title of:"] + tuple(ids.tolist()),
-                                              renderer.end(renderer.text(renderer.ds.items[item_id].title))))
+        for task, s in renderer.alignment(item_id, text).items():
+            pools[task].append(s)
     return pools
 
 
 def epoch_order(pools: dict[str, list[Sample]], mix: TaskMix, seed: int, epoch: int) -> list[Sample]:
-    """One epoch: weight x pool size samples of each task, shuffled together (seeded)."""
+    """One epoch: every sample of "events" (and of any stream-task pool) whose targets the
+    mix weighs, weight x pool size of each alignment task; shuffled together (seeded)."""
     rng = np.random.default_rng([seed, epoch])
+    weights = mix.weights()
     chosen: list[Sample] = []
     for task, pool in pools.items():
-        count = int(round(getattr(mix, task) * len(pool)))
-        if not pool or count == 0:
-            continue
-        whole, rest = divmod(count, len(pool))
-        picks = np.concatenate([np.tile(np.arange(len(pool)), whole), rng.permutation(len(pool))[:rest]])
-        chosen.extend(pool[i] for i in picks)
+        if task in ALIGNMENT:
+            count = int(round(getattr(mix, task) * len(pool)))
+            if not pool or count == 0:
+                continue
+            whole, rest = divmod(count, len(pool))
+            picks = np.concatenate([np.tile(np.arange(len(pool)), whole), rng.permutation(len(pool))[:rest]])
+            chosen.extend(pool[i] for i in picks)
+        else:
+            chosen.extend(s for s in pool if weights[list(s.kinds)].any())
     order = rng.permutation(len(chosen))
     return [chosen[i] for i in order]

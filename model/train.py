@@ -1,5 +1,11 @@
 """Training: a plain PyTorch loop over the task mixture, on CPU or CUDA.
 
+Sequences are packed into batches of about `batch_tokens` tokens (similar lengths
+together, so padding stays small); the loss is the weighted mean over every target token
+of the batch (model.tasks: each token knows which task's loss covers it). An identifier
+code is scored against its own level's K codes (model.modeling.code_logits), as decoding
+does; a text piece against the text vocabulary.
+
 `train_step` is the unit the learner reuses (LoRA-tuning with PEFT wraps the same model);
 `train` adds epochs over the task mixture, a time budget, progress bars, and checkpoints
 it resumes from. The learning rate warms up, then decays on a cosine over the run's
@@ -18,19 +24,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from model.modeling import parts
 from model.tasks import Sample, TaskMix, epoch_order
+from model.vocab import Vocabulary
 
 
 class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(64, ge=1)
+    batch_tokens: int = Field(8192, ge=16)  # tokens per batch, padding included
     learning_rate: float = Field(2e-3, gt=0)  # small transformer from scratch: a high rate with warmup
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(50, ge=0)  # short: a time-boxed CPU run has only a few hundred steps
@@ -50,17 +59,100 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def collate(samples: Sequence[Sample], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Pad a batch: input_ids/attention_mask (B, S), labels (B, T) with -100 on padding."""
-    s = max(len(x.source) for x in samples)
-    t = max(len(x.target) for x in samples)
-    input_ids = torch.full((len(samples), s), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), t), -100, dtype=torch.long)
-    for i, x in enumerate(samples):
-        input_ids[i, : len(x.source)] = torch.tensor(x.source)
-        labels[i, : len(x.target)] = torch.tensor(x.target)
-    return {"input_ids": input_ids.to(device), "attention_mask": (input_ids != pad_id).long().to(device),
-            "labels": labels.to(device)}
+def batches(order: Sequence[Sample], batch_tokens: int, seed: int, epoch: int) -> list[list[Sample]]:
+    """Cut an epoch's order into batches of at most `batch_tokens` (B x longest): samples
+    are sorted by length within spans of ~64 batches, then the batches are shuffled."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    mean = max(1.0, float(np.mean([len(s.tokens) for s in order]))) if order else 1.0
+    span = max(1, int(64 * batch_tokens / mean))
+    out: list[list[Sample]] = []
+    for start in range(0, len(order), span):
+        batch: list[Sample] = []
+        for s in sorted(order[start: start + span], key=lambda s: len(s.tokens)):
+            if batch and (len(batch) + 1) * len(s.tokens) > batch_tokens:
+                out.append(batch)
+                batch = []
+            batch.append(s)
+        if batch:
+            out.append(batch)
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def collate(samples: Sequence[Sample], vocab: Vocabulary, mix: TaskMix, device: torch.device | str = "cpu"
+            ) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids (B, T), attention_mask (B, T), weights (B, T): the loss
+    weight of predicting each token (0 for context and padding)."""
+    t = max(len(s.tokens) for s in samples)
+    by_kind = torch.tensor(mix.weights(), dtype=torch.float32)
+    input_ids = torch.full((len(samples), t), vocab.pad_id, dtype=torch.long)
+    kinds = torch.zeros((len(samples), t), dtype=torch.long)
+    mask = torch.zeros((len(samples), t), dtype=torch.long)
+    for i, s in enumerate(samples):
+        input_ids[i, : len(s.tokens)] = torch.tensor(s.tokens)
+        kinds[i, : len(s.kinds)] = torch.tensor(s.kinds)
+        mask[i, : len(s.tokens)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "weights": by_kind[kinds].to(device)}
+
+
+def token_losses(model: PreTrainedModel, vocab: Vocabulary, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 select: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every selected next token. select (B, T) bool marks the predicted
+    positions (token t from the state at t - 1; select[:, 0] is ignored) -> (N,) losses in
+    the order of select.nonzero()."""
+    decoder, out_weight = parts(model)
+    # Right padding under a causal mask: no real token can see a pad, so no padding mask is
+    # needed, and without one SDPA takes its fused causal kernel (~2x faster on CPU).
+    right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+    mask = None if right_padded else attention_mask
+    hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, d)
+    chosen = select[:, 1:]
+    h = hidden[:, :-1][chosen]  # (N, d) the states that predict
+    target = input_ids[:, 1:][chosen]  # (N,)
+    k = vocab.layout.codebook_size
+    slot = torch.div(target - vocab.text_size, k, rounding_mode="floor")  # (N,) id slot; < 0 for text
+    is_id = (target >= vocab.text_size) & (target < vocab.id_end)
+    losses = torch.zeros(len(target), device=h.device)
+    for s in torch.unique(slot[is_id]).tolist():  # each id level against its own K codes
+        at = is_id & (slot == s)
+        logits = h[at] @ out_weight[vocab.text_size + s * k: vocab.text_size + (s + 1) * k].T  # (n, K)
+        losses[at] = torch.nn.functional.cross_entropy(logits.float(), target[at] - vocab.text_size - s * k,
+                                                       reduction="none")
+    text = target < vocab.text_size
+    if text.any():  # query and title pieces against the text vocabulary
+        logits = h[text] @ out_weight[: vocab.text_size].T  # (n, V_text)
+        losses[text] = torch.nn.functional.cross_entropy(logits.float(), target[text], reduction="none")
+    return losses
+
+
+def batch_loss(model: PreTrainedModel, vocab: Vocabulary, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The weighted mean cross-entropy over the batch's target tokens."""
+    weights = batch["weights"]
+    losses = token_losses(model, vocab, batch["input_ids"], batch["attention_mask"], weights > 0)
+    w = weights[:, 1:][weights[:, 1:] > 0]
+    return (losses * w).sum() / w.sum().clamp(min=1e-8)
+
+
+@torch.no_grad()
+def mean_loss(model: PreTrainedModel, vocab: Vocabulary, samples: Sequence[Sample], mix: TaskMix,
+              batch_tokens: int = 8192) -> float:
+    """The weighted mean loss over `samples` (every one once), with the model in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    total = weight = 0.0
+    for batch in batches(list(samples), batch_tokens, seed=0, epoch=0):
+        b = collate(batch, vocab, mix, device)
+        w = b["weights"][:, 1:][b["weights"][:, 1:] > 0]
+        total += float((token_losses(model, vocab, b["input_ids"], b["attention_mask"], b["weights"] > 0) * w).sum())
+        weight += float(w.sum())
+    return total / max(weight, 1e-8)
+
+
+def identifiers_in(batch: dict[str, torch.Tensor], vocab: Vocabulary) -> int:
+    """Identifiers trained in a batch: runs of weighted id tokens."""
+    ids = batch["input_ids"]
+    target = (ids >= vocab.text_size) & (ids < vocab.id_end) & (batch["weights"] > 0)
+    starts = target[:, 1:] & ~target[:, :-1]
+    return int(starts.sum())
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -78,14 +170,14 @@ def learning_rate(settings: TrainSettings, step: int, progress: float) -> float:
     return settings.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def train_step(model: PreTrainedModel, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               lr: float | None = None, grad_clip: float = 1.0) -> float:
-    """One optimisation step on a collated batch; returns the loss (mean token cross-entropy)."""
+def train_step(model: PreTrainedModel, vocab: Vocabulary, batch: dict[str, torch.Tensor],
+               optimizer: torch.optim.Optimizer, lr: float | None = None, grad_clip: float = 1.0) -> float:
+    """One optimisation step on a collated batch; returns the loss."""
     model.train()
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
-    loss = model(**batch).loss
+    loss = batch_loss(model, vocab, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -97,7 +189,9 @@ def train_step(model: PreTrainedModel, batch: dict[str, torch.Tensor], optimizer
 class TrainReport:
     device: str
     steps: int = 0
-    samples: int = 0
+    samples: int = 0  # sequences
+    identifiers: int = 0  # identifier targets trained (item targets)
+    tokens: int = 0  # real tokens read (no padding)
     seconds: float = 0.0
     epochs_done: float = 0.0
     samples_per_epoch: int = 0
@@ -110,11 +204,16 @@ class TrainReport:
         return self.samples / self.seconds if self.seconds else 0.0
 
     @property
+    def identifiers_per_second(self) -> float:
+        return self.identifiers / self.seconds if self.seconds else 0.0
+
+    @property
     def seconds_per_epoch(self) -> float:
         return self.seconds / self.epochs_done if self.epochs_done else float("nan")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "samples_per_second": self.samples_per_second, "seconds_per_epoch": self.seconds_per_epoch}
+        return {**asdict(self), "samples_per_second": self.samples_per_second,
+                "identifiers_per_second": self.identifiers_per_second, "seconds_per_epoch": self.seconds_per_epoch}
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -152,7 +251,7 @@ def load_checkpoint(directory: Path, model, optimizer) -> dict | None:
 
 
 def train(model: PreTrainedModel, pools: dict[str, list[Sample]], mix: TaskMix, settings: TrainSettings,
-          pad_id: int, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainReport:
+          vocab: Vocabulary, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainReport:
     """Train over the task mixture until `epochs` or `max_minutes`, resuming from
     `checkpoint_dir` when it holds a checkpoint of an earlier (interrupted) run."""
     device = pick_device(settings.device)
@@ -164,27 +263,30 @@ def train(model: PreTrainedModel, pools: dict[str, list[Sample]], mix: TaskMix, 
         state = load_checkpoint(checkpoint_dir, model, optimizer) or state
         report.resumed_from_step = state["step"]
     budget = settings.max_minutes * 60 if settings.max_minutes else None
-    per_epoch = len(epoch_order(pools, mix, settings.seed, 0))
-    if per_epoch == 0:
+    first = batches(epoch_order(pools, mix, settings.seed, 0), settings.batch_tokens, settings.seed, 0)
+    if not first:
         raise ValueError("the task mixture selects no samples")
-    report.samples_per_epoch = per_epoch
-    total_steps = math.ceil(settings.epochs * per_epoch / settings.batch_size)
+    report.samples_per_epoch = sum(map(len, first))
+    total_steps = math.ceil(settings.epochs * len(first))
     started = time.perf_counter() - state["elapsed"]
     window: list[float] = []
     bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, desc="train", unit="step")
     step, epoch, offset = state["step"], state["epoch"], state["offset"]
     while step < total_steps:
-        order = epoch_order(pools, mix, settings.seed, epoch)
+        order = first if epoch == 0 else batches(epoch_order(pools, mix, settings.seed, epoch), settings.batch_tokens,
+                                                 settings.seed, epoch)
         while offset < len(order) and step < total_steps:
             elapsed = time.perf_counter() - started
             if budget is not None and elapsed >= budget:
                 report.stopped_by = "time"
                 break
-            batch = collate(order[offset: offset + settings.batch_size], pad_id, device)
+            batch = collate(order[offset], vocab, mix, device)
             done = max(step / total_steps, elapsed / budget if budget else 0.0)
-            loss = train_step(model, batch, optimizer, learning_rate(settings, step, done), settings.grad_clip)
-            report.samples += batch["input_ids"].shape[0]
-            offset += settings.batch_size
+            loss = train_step(model, vocab, batch, optimizer, learning_rate(settings, step, done), settings.grad_clip)
+            report.samples += len(order[offset])
+            report.identifiers += identifiers_in(batch, vocab)
+            report.tokens += int(batch["attention_mask"].sum())
+            offset += 1
             step += 1
             window.append(loss)
             if len(window) == settings.log_every:
@@ -203,7 +305,7 @@ def train(model: PreTrainedModel, pools: dict[str, list[Sample]], mix: TaskMix, 
         report.losses.append(sum(window) / len(window))
     report.steps = step - report.resumed_from_step
     report.seconds = time.perf_counter() - started - state["elapsed"]
-    report.epochs_done = report.samples / per_epoch
+    report.epochs_done = report.samples / report.samples_per_epoch
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir, model, optimizer, {"step": step, "epoch": epoch, "offset": offset,
                                                            "elapsed": time.perf_counter() - started})

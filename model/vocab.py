@@ -11,6 +11,11 @@ while a task-specific code at level l is a different token in each task:
                                             ~8k of 30k, a 4x smaller softmax and embedding)
     text_size + slot * K + code             identifier tokens; slot = shared 0..S-1,
                                             semantic S.., collaborative S+L_sem..
+    id_end + m                              event markers (MARKERS): what the next tokens are
+
+A user's events are one token sequence (model.tasks): the markers say where an
+interaction (`<rec>` + rec id) or a search (`<search>` + query + [SEP] + search id) starts,
+so one decoder reads both kinds of traffic in event order.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ def minilm_path() -> Path:
 @lru_cache(maxsize=4)
 def text_tokenizer(path: str | None = None) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(path or minilm_path()))
+
+
+MARKERS = ("rec", "search", "text", "title")  # an interaction, a search, item text -> ids, id -> title
 
 
 class IdLayout(BaseModel):
@@ -73,7 +81,7 @@ class Vocabulary:
         self.layout = layout
         self.tokenizer = tokenizer or text_tokenizer()
         tok = self.tokenizer
-        # WordPiece: [SEP] ends every target, [CLS] starts the decoder; T5-style: </s> and <pad>.
+        # WordPiece: [SEP] ends a query or title, [CLS] starts a sequence; T5-style: </s> and <pad>.
         specials = {"pad": tok.pad_token_id, "unk": tok.unk_token_id,
                     "eos": tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id,
                     "start": tok.cls_token_id if tok.cls_token_id is not None else tok.pad_token_id}
@@ -87,7 +95,9 @@ class Vocabulary:
         if specials["unk"] is not None:
             self.to_model[np.setdiff1d(np.arange(len(tok)), text_ids)] = self.to_model[specials["unk"]]
         self.text_size = len(text_ids)
-        self.size = self.text_size + layout.n_slots * layout.codebook_size
+        self.id_end = self.text_size + layout.n_slots * layout.codebook_size
+        self.markers = {name: self.id_end + m for m, name in enumerate(MARKERS)}
+        self.size = self.id_end + len(MARKERS)
         self.pad_id, self.eos_id, self.start_id = (int(self.to_model[specials[k]]) for k in ("pad", "eos", "start"))
 
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from gensar.data import event_order, target_item
@@ -40,15 +41,15 @@ def world():
     vocab, renderer, model = tiny_model(ds, idmap)
     events = sorted([*ds.interactions, *ds.searches], key=event_order)
     bootstrap = [e for e in events if int(e.user_id) < 24]
-    settings = TrainSettings(epochs=10, batch_size=32, warmup_steps=10, learning_rate=5e-3, device="cpu")
-    train(model, build_pools(renderer, bootstrap), TaskMix(), settings, vocab.pad_id, progress=False)
+    settings = TrainSettings(epochs=10, batch_tokens=1024, warmup_steps=10, learning_rate=5e-3, device="cpu")
+    train(model, build_pools(renderer, bootstrap), TaskMix(), settings, vocab, progress=False)
     base = GenSARModel(model, vocab, TINY, renderer.settings, idmap.version, idmap.fingerprint())
     fresh = stream_samples([e for e in events if int(e.user_id) >= 24])
     return base, renderer, fresh
 
 
 def refresher(base, renderer, tmp_path, **overrides) -> Refresher:
-    defaults = dict(training=RefreshTraining(epochs=3, learning_rate=3e-3), gate_margin=0.05, gate_beam_size=10,
+    defaults = dict(training=RefreshTraining(epochs=3, learning_rate=3e-3), gate_margin=0.05,
                     holdout_fraction=0.3, device="cpu")
     settings = LearnerSettings(**{**defaults, **overrides})
     return Refresher(base, "tiny-base", renderer, Registry(LocalArtifactStore(tmp_path / "registry")), settings)
@@ -59,8 +60,12 @@ def test_stream_samples_render_like_offline_training(world):
     rendered = [renderer.training_sample(s) for s in fresh]
     assert all(r is not None for r in rendered)
     assert {r.task for r in rendered} == {"rec", "search"}
-    assert all(r.source[: len(renderer.prompts["recommend:"])] == renderer.prompts["recommend:"]
-               for r in rendered if r.task == "rec")
+    # each is the sample's history then its target: <rec> + rec id, or <search> query [SEP] + search id
+    depth = 3
+    assert all(r.tokens[0] == renderer.vocab.start_id for r in rendered)
+    assert all(r.tokens[-depth - 1] == renderer.mark["rec"] for r in rendered if r.task == "rec")
+    assert all(r.tokens[-depth - 1] == renderer.vocab.eos_id for r in rendered if r.task == "search")
+    assert all(sum(k > 0 for k in r.kinds) == depth for r in rendered)  # the loss on the target only
 
 
 def test_refreshes_are_promoted_and_the_second_continues_the_first(world, tmp_path):
@@ -71,7 +76,8 @@ def test_refreshes_are_promoted_and_the_second_continues_the_first(world, tmp_pa
     manifest = r.registry.manifest("r0001")
     assert manifest.parent is None and manifest.base_model == "tiny-base" and manifest.idmap_version == "tiny1"
     assert {"candidate:rec", "candidate:search", "serving:rec", "serving:search"} <= set(manifest.metrics)
-    assert manifest.window.samples > 0 and manifest.train_loss[-1] < manifest.train_loss[0]
+    assert manifest.window.samples > 0 and len(manifest.train_loss) > 1  # a loss per step (falling: test_learner_lora)
+    assert all(np.isfinite(manifest.train_loss))
     second = r.run(fresh[::-1][: len(fresh) // 2][::-1], fresh[:50], "r0002")
     assert r.registry.manifest("r0002").parent == "r0001"
     assert second.status in ("promoted", "rejected")  # either way, decided with a reason

@@ -40,9 +40,9 @@ def world(tmp_path_factory):
     ds, idmap = tiny_world(n_users=48)
     vocab, renderer, model = tiny_model(ds, idmap)
     events = sorted([*ds.interactions, *ds.searches], key=event_order)
-    settings = TrainSettings(epochs=10, batch_size=32, warmup_steps=10, learning_rate=5e-3, device="cpu")
+    settings = TrainSettings(epochs=10, batch_tokens=1024, warmup_steps=10, learning_rate=5e-3, device="cpu")
     train(model, build_pools(renderer, [e for e in events if int(e.user_id) < 24]), TaskMix(), settings,
-          vocab.pad_id, progress=False)
+          vocab, progress=False)
     GenSARModel(model, vocab, TINY, renderer.settings, idmap.version, idmap.fingerprint()).save(
         state / "models" / "base" / "tiny")
     idmap_path = idmap.save(state / "maps")
@@ -75,7 +75,7 @@ def produce(kafka, samples) -> None:
 
 
 SETTINGS = LearnerSettings(refresh_every_samples=100, min_samples=50, refresh_every_seconds=3600, holdout_fraction=0.3,
-                           gate_margin=0.05, gate_beam_size=10, training=RefreshTraining(epochs=2, learning_rate=3e-3),
+                           gate_margin=0.05, training=RefreshTraining(epochs=2, learning_rate=3e-3),
                            device="cpu", metrics_port=0)
 
 

@@ -33,7 +33,7 @@ from serving.settings import ServingSettings
 from test_model import TINY, tiny_model, tiny_world
 
 NEW_ITEM = "900"  # in the catalogue, in map tiny2 (adapter v2), unknown to tiny1
-TRAIN = TrainSettings(epochs=3, batch_size=32, warmup_steps=5, learning_rate=5e-3, log_every=5, device="cpu")
+TRAIN = TrainSettings(epochs=3, batch_tokens=1024, warmup_steps=5, learning_rate=5e-3, log_every=5, device="cpu")
 
 
 def build_world(root: Path) -> ServingSettings:
@@ -42,7 +42,7 @@ def build_world(root: Path) -> ServingSettings:
     candidate); the catalogue as MovieLens CSV."""
     ds, idmap = tiny_world()
     vocab, renderer, model = tiny_model(ds, idmap)
-    train(model, build_pools(renderer, leave_one_out(ds).train), TaskMix(), TRAIN, vocab.pad_id, progress=False)
+    train(model, build_pools(renderer, leave_one_out(ds).train), TaskMix(), TRAIN, vocab, progress=False)
     maps = MapStore(root / "identifiers" / "maps")
     maps.save(idmap)
     maps.save(idmap.derive("tiny2", [NEW_ITEM], np.array([[7, 7, 7]]), np.array([[7, 7, 7]])))
@@ -50,7 +50,7 @@ def build_world(root: Path) -> ServingSettings:
     samples = [s for pool in build_pools(renderer, leave_one_out(ds).train).values() for s in pool]
     registry = Registry(LocalArtifactStore(root / "registry"))
     for version, task, map_version, seed in (("v1", "joint", "tiny1", 1), ("v2", "joint", "tiny2", 2), ("s1", "search", "tiny1", 3)):
-        adapted, report = tune(model, samples, vocab.pad_id, TRAIN.model_copy(update={"epochs": 1, "seed": seed}), LoraSettings(r=4))
+        adapted, report = tune(model, samples, vocab, TRAIN.model_copy(update={"epochs": 1, "seed": seed}), LoraSettings(r=4))
         directory = save_adapter(adapted, root / "adapters-out" / version)
         registry.publish(directory, Manifest(version=version, task=task, base_model="tiny", idmap_version=map_version,
                                              window=TrainingWindow(samples=len(samples))))
