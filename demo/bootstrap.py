@@ -107,11 +107,19 @@ def ensure_base_model(world: World, idmap: IdentifierMap, root: Path, settings: 
     target = root / "models" / "base" / BASE_NAME
     if target.exists():
         return target
+    from evaluation.generative import fit_model_prior
+
     target.parent.mkdir(parents=True, exist_ok=True)
     train = TrainSettings(epochs=settings.train_epochs, max_minutes=settings.train_minutes, checkpoint_every=200)
-    gm, _, report = train_gensar(world.ds, world.bootstrap, idmap, ModelSettings(), TaskMix(), train,
-                                 checkpoint_dir=target.with_name(BASE_NAME + ".ckpt"))
-    gm.save(target)
+    fit_prior = settings.prior_fraction > 0 and settings.prior_cases > 0
+    cut = int(len(world.bootstrap) * (1 - settings.prior_fraction)) if fit_prior else len(world.bootstrap)
+    split = datasets.Split("bootstrap", world.bootstrap[:cut], world.bootstrap[cut:], [])
+    gm, renderer, report = train_gensar(world.ds, split.train, idmap, ModelSettings(), TaskMix(), train,
+                                        checkpoint_dir=target.with_name(BASE_NAME + ".ckpt"))
     log(f"base model: {report.identifiers:,} identifier targets in {report.seconds:.0f}s, loss {report.losses[0]:.3f} -> "
         f"{report.losses[-1]:.3f}")
+    if fit_prior:
+        gm.prior, _ = fit_model_prior(gm, renderer, world.ds, split, settings.prior_cases)
+        log(f"history prior on {len(split.valid):,} held-out bootstrap events: {gm.prior.weights}")
+    gm.save(target)
     return target

@@ -17,6 +17,10 @@ class DemoSettings(BaseModel):
     rqvae_epochs: int = Field(100, ge=1)
     train_minutes: float = Field(4.0, gt=0)  # base model training budget
     train_epochs: float = Field(3.0, gt=0)
+    # The base model trains on the bootstrap but its last prior_fraction (by time); up to
+    # prior_cases of those held-out events per task fit its history prior (model.history).
+    prior_fraction: float = Field(0.1, ge=0, lt=1)
+    prior_cases: int = Field(200, ge=0)
     refresh_every_samples: int = Field(1500, ge=1)  # learner: refresh cadence during the replay
     learner_window: int = Field(3000, ge=1)
     learner_replay: int = Field(3000, ge=0)
@@ -27,5 +31,5 @@ class DemoSettings(BaseModel):
 
 FULL = DemoSettings(items=3000, replay_events=12000, eval_every=15, rqvae_epochs=50)
 QUICK = DemoSettings(items=600, replay_events=1500, replay_seconds=30, chunk_events=100, eval_every=10,
-                     rqvae_epochs=20, train_minutes=0.6, train_epochs=2.0, refresh_every_samples=300,
+                     rqvae_epochs=20, train_minutes=0.6, train_epochs=2.0, prior_cases=60, refresh_every_samples=300,
                      learner_window=600, learner_replay=600, drain_seconds=60, qdrant=False)

@@ -22,16 +22,22 @@ def quality(
     beam_size: int = typer.Option(30, help="Beams of the constrained decoding (paper: 30)."),
     ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="Train and score the identifier ablations."),
     temporal: bool = typer.Option(True, "--temporal/--no-temporal", help="Also the temporal split (real queries after a cut-off)."),
+    max_cases: int = typer.Option(2000, "--max-cases", help="Cases per case group; larger groups are sampled (seeded, the same for every system)."),
 ) -> None:
     """Identifiers, training, our model, baselines and ablations, both protocols, within the budget."""
-    from evaluation.quality import QualitySettings, run_quality, write_report
+    from evaluation.quality import BudgetError, QualitySettings, run_quality, write_report
     from gensar.settings import Settings
 
     settings = Settings()
     quality_settings = QualitySettings(budget_minutes=budget_minutes, seed=seed, beam_size=beam_size,
-                                       id_ablations=ablations, temporal=temporal, torch_threads=threads)
-    report = run_quality(data or settings.data_dir, quality_settings, settings.state_dir, settings.cache_dir,
-                         log=lambda line: console.log(line))
+                                       id_ablations=ablations, temporal=temporal, torch_threads=threads,
+                                       max_cases=max_cases)
+    try:
+        report = run_quality(data or settings.data_dir, quality_settings, settings.state_dir, settings.cache_dir,
+                             log=lambda line: console.log(line))
+    except BudgetError as exc:  # no report without the joint model
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     write_report(report, out)
     console.print(out.with_suffix(".md").read_text())
     console.print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -8,9 +8,10 @@ the user's events before it. Both protocols score the SAME cases:
             (random fill when fewer than 99 items share a word with it: counted)
     full    the true item among every item of the catalogue
 
-Case groups ("splits" in the reports): rec `loo`; search `loo/real` (tag queries),
-`loo/synthetic` (queries from the item's genres, the semi-synthetic Amazon protocol, one
-per rec test event) and `temporal/real` (every tag event after the temporal cut-off).
+Case groups ("splits" in the reports): rec `loo` (and `temporal`: every interaction after
+the cut-off); search `loo/real` (tag queries), `loo/synthetic` (queries from the item's
+genres, the semi-synthetic Amazon protocol, one per rec test event) and `temporal/real`
+(every tag event after the temporal cut-off).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def cases(ds: Dataset, split: Split, part: str = "test") -> list[Case]:
         history = tuple(by_user[e.user_id][: position[e.event_id]])
         if isinstance(e, SearchEvent):
             out.append(Case(e.event_id, "search", f"{prefix}/real", e.user_id, e.clicked_items[0], e.query, history))
-        elif split.name == "leave-one-out":
+        else:
             out.append(Case(e.event_id, "rec", prefix, e.user_id, e.item_id, None, history))
-            query = synthetic_query(ds, e.item_id)
+            query = synthetic_query(ds, e.item_id) if split.name == "leave-one-out" else None
             if query:
                 out.append(Case(f"{e.event_id}/synthetic", "search", f"{prefix}/synthetic", e.user_id, e.item_id,
                                 query, history))

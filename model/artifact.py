@@ -4,7 +4,8 @@
     tokenizer files                                           the text tokenizer it was built with
     gensar.json                                               identifier layout, settings, the
                                                               identifier-map version + fingerprint
-                                                              it was trained against, step
+                                                              it was trained against, step, the
+                                                              history prior's weights
     manifest.json                                             sha256 of every file (verified on load)
 
 Written atomically (gensar.artifacts): a reader sees a complete artifact or none.
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from gensar.artifacts import ArtifactError, read_artifact, write_artifact
+from model.history import HistoryPrior
 from model.modeling import ModelSettings
 from model.tasks import RenderSettings
 from model.vocab import IdLayout, Vocabulary
@@ -41,6 +43,7 @@ class GenSARModel:
     idmap_fingerprint: str
     step: int = 0
     info: dict[str, Any] | None = None  # training report, metrics
+    prior: HistoryPrior = field(default_factory=HistoryPrior)  # fitted on validation (model.history)
 
     def save(self, target: Path) -> Path:
         """Write the artifact as the directory `target` (which must not exist)."""
@@ -51,7 +54,8 @@ class GenSARModel:
             files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
         meta = {"layout": self.vocab.layout.model_dump(), "text_ids": self.vocab.text_ids, "settings": self.settings.model_dump(mode="json"),
                 "render": self.render.model_dump(), "idmap_version": self.idmap_version,
-                "idmap_fingerprint": self.idmap_fingerprint, "step": self.step, "info": self.info or {}}
+                "idmap_fingerprint": self.idmap_fingerprint, "step": self.step, "info": self.info or {},
+                "prior": self.prior.model_dump()}
         files["gensar.json"] = json.dumps(meta, indent=1, sort_keys=True).encode()
         return write_artifact(target, files, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                               "idmap_version": self.idmap_version})
@@ -69,7 +73,8 @@ class GenSARModel:
         if model.get_input_embeddings().num_embeddings < vocab.size:
             raise ArtifactError(f"{path}: model vocabulary is smaller than its identifier layout needs")
         return cls(model, vocab, ModelSettings(**meta["settings"]), RenderSettings(**meta["render"]),
-                   meta["idmap_version"], meta["idmap_fingerprint"], meta["step"], meta["info"])
+                   meta["idmap_version"], meta["idmap_fingerprint"], meta["step"], meta["info"],
+                   HistoryPrior(**meta["prior"]))
 
     def check_map(self, idmap) -> None:
         """Refuse to decode against a different identifier map than the one trained on."""

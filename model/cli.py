@@ -27,10 +27,12 @@ def train_command(
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads; 0: torch's default (1 is faster on a busy machine)."),
 ) -> None:
-    """Train on a dataset's training split and save the model with its identifier-map version.
-    An interrupted run resumes from `<out>.ckpt`."""
+    """Train on a dataset's training split, fit the history prior on its validation events,
+    and save the model with its identifier-map version. An interrupted run resumes from
+    `<out>.ckpt`."""
     import torch
 
+    from evaluation.generative import fit_model_prior
     from gensar import data as datasets
     from gensar.settings import Settings
     from identifiers.idmap import IdentifierMap
@@ -51,8 +53,9 @@ def train_command(
 
         ids = build_variant(ds, chosen.train, "joint", settings.state_dir / "models" / f"{out.name}-ids", seed)
     train_settings = TrainSettings(epochs=epochs, max_minutes=minutes, device=device, seed=seed, checkpoint_every=200)
-    gm, _, report = train_gensar(ds, chosen.train, ids, ModelSettings(backbone=backbone, pretrained_path=pretrained_path),
-                                 TaskMix(), train_settings, checkpoint_dir=out.with_name(out.name + ".ckpt"), seed=seed)
+    gm, renderer, report = train_gensar(ds, chosen.train, ids, ModelSettings(backbone=backbone, pretrained_path=pretrained_path),
+                                        TaskMix(), train_settings, checkpoint_dir=out.with_name(out.name + ".ckpt"), seed=seed)
+    gm.prior, _ = fit_model_prior(gm, renderer, ds, chosen, seed=seed)  # on the split's validation events
     gm.save(out)
     console.print(f"saved {out} (identifier map {ids.version}); {gm.info['parameters']:,} parameters; "
                   f"{report.identifiers:,} identifier targets in {report.seconds:.0f}s on {report.device} "

@@ -24,7 +24,8 @@ from identifiers.idmap import IdentifierMap, MapStore
 from learner.lora import merged
 from learner.registry import LocalArtifactStore, Registry
 from model.artifact import GenSARModel
-from model.generate import Ranked, beam_search
+from model.generate import beam_search
+from model.history import HistoryPrior, rank_with_history
 from model.tasks import Renderer
 from model.vocab import IdLayout
 from serving.catalogue import Catalogue
@@ -45,6 +46,7 @@ class Bundle:
     renderer: Renderer
     constraints: dict[str, PrefixConstraint]  # task -> trie; group 0 all items, group g: genre g
     genre_group: dict[str, int]
+    prior: HistoryPrior = field(default_factory=HistoryPrior)  # the base model's (model.history)
     load_seconds: float = 0.0  # fetch + merge + map + constraint + warm-up
     loaded_at: float = field(default_factory=time.time)
 
@@ -52,10 +54,25 @@ class Bundle:
     def idmap_version(self) -> str:
         return self.idmap.version
 
-    def decode(self, task: str, sources: list[tuple[int, ...]], groups: np.ndarray, beams: int) -> Ranked:
+    def decode(self, task: str, sources: list[tuple[int, ...]], groups: np.ndarray, beams: int,
+               histories: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) best first, (B, W'): constrained beam search, then (with the
+        requests' histories) the history prior, which may lift items of the history that the
+        beam did not reach and that the request's genre filter allows."""
         beams = min(beams, len(self.idmap))
-        return beam_search(self.model, self.renderer.vocab, task, sources, self.constraints[task], groups,
-                           beam_size=beams, batch_size=max(len(sources), 1))
+        ranked = beam_search(self.model, self.renderer.vocab, task, sources, self.constraints[task], groups,
+                             beam_size=beams, batch_size=max(len(sources), 1))
+        if histories is None or not any(self.prior.of(task)):
+            return ranked.rows, ranked.scores
+        codes = self.idmap.search_codes if task == "search" else self.idmap.rec_codes
+        members = self.constraints[task]
+
+        def allowed(b: int, row: int) -> bool:
+            return groups[b] == 0 or bool(members.contains(codes[row][None], np.array([groups[b]]))[0])
+
+        return rank_with_history(self.model, self.renderer.vocab, task, sources, histories, ranked.rows, ranked.scores,
+                                 codes, self.idmap.item_ids, {i: r for r, i in enumerate(self.idmap.item_ids)},
+                                 self.prior, allowed)
 
 
 def genre_constraints(idmap: IdentifierMap, catalogue: Catalogue, device: str) -> tuple[dict[str, PrefixConstraint], dict[str, int]]:
@@ -108,7 +125,8 @@ class Loader:
             raise BundleError(f"map {idmap.version} has layout {IdLayout.of(idmap)}, the model {self.base.vocab.layout}")
         constraints, genre_group = genre_constraints(idmap, self.catalogue, self.device)
         renderer = Renderer(self.base.vocab, idmap, None, {}, self.base.render)  # no dataset: requests only
-        bundle = Bundle(name, idmap, model, renderer, constraints, genre_group)
+        bundle = Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior)
         for task in TASKS:  # warm-up: first calls allocate caches and pick kernels
             bundle.decode(task, [renderer.source(task, [], "warm up")], np.zeros(1, np.int64), self.beams)
-        return Bundle(name, idmap, model, renderer, constraints, genre_group, time.perf_counter() - started)
+        return Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior,
+                      time.perf_counter() - started)

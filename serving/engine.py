@@ -165,12 +165,12 @@ class Engine:
         if not queries:
             return []
         renderer = bundle.renderer
-        sources = [renderer.source(task, _known(q.history, bundle), q.query) for q in queries]
+        histories = [_known(q.history, bundle) for q in queries]
+        sources = [renderer.source(task, h, q.query) for h, q in zip(histories, queries)]
         groups = np.array([bundle.genre_group.get(q.genre, 0) if q.genre else 0 for q in queries], np.int64)
-        ranked = bundle.decode(task, sources, groups, max(self.beam_size, max(q.k for q in queries)))
+        rows, scores = bundle.decode(task, sources, groups, max(self.beam_size, max(q.k for q in queries)), histories)
         item_ids = bundle.idmap.item_ids
-        return [[(item_ids[r], float(s)) for r, s in zip(rows, scores) if r >= 0]
-                for rows, scores in zip(ranked.rows, ranked.scores)]
+        return [[(item_ids[r], float(s)) for r, s in zip(row, score) if r >= 0] for row, score in zip(rows, scores)]
 
     def _answer(self, bundle: Bundle, ranking: Ranking, source: str) -> Answer:
         titles = self.catalogue.titles

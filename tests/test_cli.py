@@ -40,3 +40,12 @@ def test_data_errors_exit_2_with_file_and_line(tmp_path):
     assert "ratings.csv:2" in result.output.replace("\n", "") and "expected a number" in result.output
     lenient = runner.invoke(app, ["data", "stats", "--data", str(tmp_path), "--lenient"])
     assert lenient.exit_code == 0 and "ratings.csv" in lenient.output
+
+
+def test_bench_quality_refuses_a_budget_without_the_joint_model_and_writes_no_report(tmp_path):
+    out = tmp_path / "quality.json"
+    result = runner.invoke(app, ["bench", "quality", "--out", str(out), "--budget-minutes", "1"],
+                           env={"GENSAR_STATE_DIR": str(tmp_path / "state")})
+    assert result.exit_code == 2, result.output
+    assert "cannot fit the joint model" in result.output.replace("\n", " ")
+    assert not out.exists() and not out.with_suffix(".md").exists()

@@ -90,8 +90,10 @@ def test_history_is_strictly_earlier_and_temporal_cases_are_the_late_tags(world)
         assert c.case_id.split("/")[0] not in {e.event_id for e in c.history}
     temporal = temporal_split(ds)
     late = cases(ds, temporal)
-    assert {c.split for c in late} == {"temporal/real"}
-    assert len(late) == sum(1 for e in temporal.test if e.type == "search")
+    assert {c.split for c in late} == {"temporal/real", "temporal"}  # late tags; late interactions (rec)
+    assert sum(c.task == "search" for c in late) == sum(1 for e in temporal.test if e.type == "search")
+    assert sum(c.task == "rec" for c in late) == sum(1 for e in temporal.test if e.type == "interaction")
+    assert all(c.split == "temporal/real" for c in late if c.task == "search")
 
 
 def test_baselines_score_what_they_promise(world):

@@ -243,3 +243,29 @@ def test_stream_training_samples_render_like_dataset_histories(world):
     assert rendered.kinds == (0,) * len(source) + (KIND["rec"],) * 3  # the loss on the target only
     unknown = sample.model_copy(update={"target_item": "not-in-the-map"})
     assert renderer.training_sample(unknown) is None
+
+
+def test_the_history_prior_lifts_searched_items_and_scores_them_exactly(world):
+    from gensar.events import HistoryEntry
+    from model.history import HistoryPrior, features, rank_with_history
+
+    ds, idmap, vocab, renderer, model, pools = world
+    history = [HistoryEntry(item_id="77", query="oscar", timestamp=1), HistoryEntry(item_id="77", query="x", timestamp=2),
+               HistoryEntry(item_id="5", timestamp=3)]
+    source = renderer.source("search", history, "papa")
+    few = PrefixConstraint(idmap.search_codes[:4], 8)  # a beam that cannot reach item 77
+    ranked = beam_search(model, vocab, "search", [source], few, beam_size=4)
+    row_of = {item: r for r, item in enumerate(idmap.item_ids)}
+    prior = HistoryPrior(weights={"search": (3.0, -1.0)})
+    rows, scores = rank_with_history(model, vocab, "search", [source], [history], ranked.rows, ranked.scores,
+                                     idmap.search_codes, idmap.item_ids, row_of, prior)
+    assert 77 in rows[0] and set(ranked.rows[0]) <= set(rows[0])  # lifted, nothing dropped
+    assert (np.diff(scores[0][np.isfinite(scores[0])]) <= 1e-9).all()  # best first
+    exact = score_ids(model, vocab, "search", [source], idmap.search_codes[rows[0]][None])[0]
+    bonus = features(history, [idmap.item_ids[r] for r in rows[0]]) @ np.array([3.0, -1.0])
+    assert np.allclose(scores[0], exact + bonus, atol=1e-4)
+    assert bonus[list(rows[0]).index(77)] == pytest.approx(3.0 * np.log(3))  # searched twice
+    # zero weights change nothing, and lift nothing
+    same_rows, same_scores = rank_with_history(model, vocab, "search", [source], [history], ranked.rows, ranked.scores,
+                                               idmap.search_codes, idmap.item_ids, row_of, HistoryPrior())
+    assert (same_rows == ranked.rows).all() and np.allclose(same_scores, ranked.scores)
