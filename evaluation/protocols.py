@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gensar.data import Dataset, Split, UserEvent, event_order, target_item
+from gensar.data import Dataset, Split, UserEvent, event_order, tag_interaction_id, target_item
 from gensar.events import SearchEvent
 from model.tasks import synthetic_query
 
@@ -46,7 +46,8 @@ def cases(ds: Dataset, split: Split, part: str = "test") -> list[Case]:
 
     History is every earlier event of the user that the split keeps (any part: at serving
     time what happened before a request is known); events the split dropped (they would
-    reveal a held-out target) never appear."""
+    reveal a held-out target) never appear, nor, for a search, the interaction a tags-only
+    dataset derives from that same tag."""
     held = split.test if part == "test" else split.valid
     prefix = ("loo" if split.name == "leave-one-out" else split.name) + ("" if part == "test" else ":valid")
     by_user: dict[str, list[UserEvent]] = defaultdict(list)
@@ -57,6 +58,9 @@ def cases(ds: Dataset, split: Split, part: str = "test") -> list[Case]:
     for e in held:
         history = tuple(by_user[e.user_id][: position[e.event_id]])
         if isinstance(e, SearchEvent):
+            # tags only: a user's first tag of an item is also their interaction with it,
+            # sorted just before it in the same second; it is this very act, not history
+            history = tuple(h for h in history if h.event_id != tag_interaction_id(e.event_id))
             out.append(Case(e.event_id, "search", f"{prefix}/real", e.user_id, e.clicked_items[0], e.query, history))
         else:
             out.append(Case(e.event_id, "rec", prefix, e.user_id, e.item_id, None, history))

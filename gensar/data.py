@@ -240,12 +240,17 @@ def load(root: Path | str, *, strict: bool = True, encoding: str = "utf-8") -> D
     return Dataset(root, items, interactions, searches, has_ratings, skipped)
 
 
+def tag_interaction_id(search_event_id: str) -> str:
+    """The event id of the interaction a tags-only dataset derives from a (first) tag."""
+    return f"tag-{search_event_id}"
+
+
 def _first_tag_interactions(searches: list[SearchEvent]) -> list[InteractionEvent]:
     first: dict[tuple[str, str], SearchEvent] = {}
     for event in searches:  # already in time order
         first.setdefault((event.user_id, event.clicked_items[0]), event)
     return sorted(
-        (InteractionEvent(event_id=f"tag-{e.event_id}", timestamp=e.timestamp, user_id=e.user_id,
+        (InteractionEvent(event_id=tag_interaction_id(e.event_id), timestamp=e.timestamp, user_id=e.user_id,
                           item_id=e.clicked_items[0], kind="tag") for e in first.values()),
         key=event_order,
     )

@@ -13,7 +13,7 @@ from evaluation.metrics import expected_metrics, rank_counts, summarize
 from evaluation.protocols import cases, paper_candidates
 from evaluation.report import markdown_table, result_rows
 from evaluation.sasrec import SASRec
-from gensar.data import leave_one_out, temporal_split
+from gensar.data import event_order, leave_one_out, tag_interaction_id, temporal_split
 from identifiers.semantic import item_texts
 from test_model import tiny_world
 
@@ -120,3 +120,21 @@ def test_baselines_score_what_they_promise(world):
     rr = reciprocal_ranks(np.array([[3.0, -np.inf, 1.0]]))
     assert rr[0].tolist() == [1 / 61, 0.0, 1 / 62]
     assert FusionSearch.name == "bm25+dense"
+
+
+def test_a_tags_only_search_case_does_not_see_the_interaction_of_its_own_tag(tmp_path):
+    from gensar.data import load
+    from gensar.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "synth", items=80, users=20, events=400, seed=1)
+    ds = load(tmp_path / "synth")
+    split = leave_one_out(ds)
+    search = [c for c in cases(ds, split) if c.task == "search"]
+    derived = {e.event_id: e for e in ds.interactions}  # tags only: one per first tag of a (user, item)
+    own = [c for c in search if tag_interaction_id(c.case_id) in derived]
+    assert own, "some held-out searches are a first tag"
+    searches = {e.event_id: e for e in ds.searches}
+    for c in own:
+        act = derived[tag_interaction_id(c.case_id)]
+        assert event_order(act) < event_order(searches[c.case_id])  # it sorts before the search...
+        assert act.event_id not in {e.event_id for e in c.history}  # ...yet is not history: it is this very act
