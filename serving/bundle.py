@@ -47,6 +47,7 @@ class Bundle:
     constraints: dict[str, PrefixConstraint]  # task -> trie; group 0 all items, group g: genre g
     genre_group: dict[str, int]
     prior: HistoryPrior = field(default_factory=HistoryPrior)  # the base model's (model.history)
+    decode_chunk: int = 1  # requests per forward pass (ServingSettings.decode_chunk)
     load_seconds: float = 0.0  # fetch + merge + map + constraint + warm-up
     loaded_at: float = field(default_factory=time.time)
 
@@ -61,7 +62,7 @@ class Bundle:
         beam did not reach and that the request's genre filter allows."""
         beams = min(beams, len(self.idmap))
         ranked = beam_search(self.model, self.renderer.vocab, task, sources, self.constraints[task], groups,
-                             beam_size=beams, batch_size=max(len(sources), 1))
+                             beam_size=beams, batch_size=self.decode_chunk)
         if histories is None or not any(self.prior.of(task)):
             return ranked.rows, ranked.scores
         codes = self.idmap.search_codes if task == "search" else self.idmap.rec_codes
@@ -104,6 +105,7 @@ class Loader:
         self.maps = MapStore(settings.maps_dir())
         self.catalogue = catalogue
         self.beams = settings.beam_size
+        self.decode_chunk = settings.decode_chunk
 
     def load(self, version: str | None) -> Bundle:
         """`version` None: the base model itself, on the map it was trained against."""
@@ -125,8 +127,8 @@ class Loader:
             raise BundleError(f"map {idmap.version} has layout {IdLayout.of(idmap)}, the model {self.base.vocab.layout}")
         constraints, genre_group = genre_constraints(idmap, self.catalogue, self.device)
         renderer = Renderer(self.base.vocab, idmap, None, {}, self.base.render)  # no dataset: requests only
-        bundle = Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior)
+        bundle = Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior, self.decode_chunk)
         for task in TASKS:  # warm-up: first calls allocate caches and pick kernels
             bundle.decode(task, [renderer.source(task, [], "warm up")], np.zeros(1, np.int64), self.beams)
-        return Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior,
+        return Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior, self.decode_chunk,
                       time.perf_counter() - started)
