@@ -26,7 +26,11 @@ from pydantic import BaseModel, ConfigDict
 from gensar.data import UserEvent, target_item
 from gensar.events import HistoryEntry
 
-RECENT_INTERACTIONS = 50  # interacted items a positive interaction weight may lift into a ranking
+# Items a positive weight may lift into a ranking, per kind: the most searched, the most
+# recently interacted. Bounded: a heavy tagger has searched hundreds of items, and each
+# lifted item is one more identifier to score exactly.
+LIFTED_SEARCHED = 30
+LIFTED_INTERACTED = 30
 
 
 class HistoryPrior(BaseModel):
@@ -56,14 +60,14 @@ def features(history: Sequence[UserEvent | HistoryEntry], item_ids: Sequence[str
 
 
 def lifted(prior: HistoryPrior, task: str, history: Sequence[UserEvent | HistoryEntry]) -> list[str]:
-    """The history items a positive weight can lift: searched ones, then the most recent
-    interacted ones (a beam may not have reached them)."""
+    """The history items a positive weight can lift (a beam may not have reached them):
+    the most searched, then the most recently interacted."""
     w_search, w_interaction = prior.of(task)
     searched, interacted = counts(history)
-    items = list(searched) if w_search > 0 else []
+    items = [i for i, _ in searched.most_common(LIFTED_SEARCHED)] if w_search > 0 else []
     if w_interaction > 0:
         recent = [target_item(e) if not isinstance(e, HistoryEntry) else e.item_id for e in reversed(history)]
-        items += [i for i in dict.fromkeys(recent) if i in interacted][:RECENT_INTERACTIONS]
+        items += [i for i in dict.fromkeys(recent) if i in interacted][:LIFTED_INTERACTED]
     return list(dict.fromkeys(items))
 
 
