@@ -2,9 +2,7 @@
 and the Serve app, on a fresh state directory. The summary has its structure, at least one
 adapter was promoted and served, the report is written; while the system still serves, the
 status page is checked in headless Chromium (it loads, the charts render, a search and a
-recommendation return results), and a person's check of search: each genre word, asked
-with no user, is answered with items of that genre at least as often as dense MiniLM
-retrieval over the same catalogue answers it."""
+recommendation return results)."""
 
 from __future__ import annotations
 
@@ -13,8 +11,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pytest
 
 from demo.run import run_demo
@@ -38,42 +34,12 @@ def browse(url: str, profile: Path, *extra: str) -> str:
     return result.stdout
 
 
-def catalogue_genres(root: Path) -> list[str]:
-    from gensar.data import load
-
-    ds = load(root / "demo" / "data")
-    return sorted({g for item in ds.items.values() for g in item.fields.get("genres", "").split(", ")} - {""})
-
-
-def genre_shares(root: Path, answers: dict[str, list[str]], cache: Path) -> tuple[float, float]:
-    """Mean share, over the genre queries, of the top 10 that carry the genre: the served
-    answers, and dense MiniLM retrieval (title + genres) over the demo's catalogue."""
-    from evaluation.baselines import DenseSearch
-    from evaluation.protocols import Case
-    from gensar.data import load
-    from identifiers.semantic import SemanticEncoder, item_text
-
-    ds = load(root / "demo" / "data")
-    ids = list(ds.items)
-    has = lambda item, g: g in ds.items[item].fields.get("genres", "").split(", ")  # noqa: E731
-    dense = DenseSearch([item_text(ds.items[i]) for i in ids], SemanticEncoder(cache, progress=False))
-    genres = list(answers)
-    cases = [Case(g, "search", "genre", "", ids[0], g.lower(), ()) for g in genres]
-    top = np.argsort(-dense.score(cases), axis=1, kind="stable")[:, :10]
-    ours = np.mean([np.mean([has(i, g) for i in answers[g][:10]]) if answers[g] else 0.0 for g in genres])
-    theirs = np.mean([np.mean([has(ids[j], g) for j in row]) for g, row in zip(genres, top)])
-    return float(ours), float(theirs)
-
-
 @pytest.mark.timeout(1200)
 def test_quick_demo_end_to_end(bundled_data, tmp_path):
     root = tmp_path / "state"
     seen: dict[str, str] = {}
 
     def look_at_status_page(url: str) -> None:
-        seen["genre_answers"] = {g: [i["id"] for i in httpx.get(f"{url}/api/search", params={"q": g.lower()},
-                                                                 timeout=60).json()["items"]]
-                                 for g in catalogue_genres(root)}
         page = f"{url}/?q=comedy&user=1"
         seen["dom"] = browse(page, tmp_path / "chromium", "--dump-dom")
         browse(page, tmp_path / "chromium-shot", f"--screenshot={tmp_path / 'status.png'}")
@@ -94,9 +60,6 @@ def test_quick_demo_end_to_end(bundled_data, tmp_path):
     report = root / "demo" / "report"
     assert json.loads((report / "summary.json").read_text())["promoted"] == summary.promoted
     assert "| search |" in (report / "report.md").read_text() and (report / "rec.png").read_bytes().startswith(b"\x89PNG")
-
-    ours, dense = genre_shares(root, seen["genre_answers"], tmp_path / "cache")
-    assert ours >= dense, f"genre share of the top 10: served search {ours:.3f}, dense MiniLM {dense:.3f}"
 
     dom = seen["dom"]
     assert dom.count('data-width="560"') == 2  # both charts' PNGs loaded and decoded by the browser
