@@ -91,39 +91,35 @@ def percentiles(values: list[float]) -> dict:
             "mean_ms": round(float(ms.mean()), 2)}
 
 
-def measure(model, vocab, sources, constraint, beam, batch, rounds) -> dict:
-    """Per-query latency: at batch 1 each query is timed alone; batched, a batch's time is
-    divided by its size (and the batch times themselves are reported too)."""
+def timed_batches(model, sources, batch, rounds, decode) -> dict:
+    """Per-query latency of decode(chunk): at batch 1 each query is timed alone; batched, a
+    batch's time is divided by its size (and the batch times themselves are reported too)."""
     per_query, per_batch = [], []
     for _ in range(rounds):
         for start in range(0, len(sources), batch):
             chunk = sources[start: start + batch]
-            if constraint is not None and next(model.parameters()).is_cuda:
+            if next(model.parameters()).is_cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            beam_search(model, vocab, "rec", chunk, constraint, beam_size=beam, batch_size=batch)
+            decode(chunk)
             if next(model.parameters()).is_cuda:
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t
             per_batch.append(elapsed)
             per_query.extend([elapsed / len(chunk)] * len(chunk))
     return {"per_query": percentiles(per_query), "per_batch": percentiles(per_batch)}
+
+
+def measure(model, vocab, sources, constraint, beam, batch, rounds) -> dict:
+    """Beam search over the catalogue (constraint None: unconstrained)."""
+    return timed_batches(model, sources, batch, rounds, lambda chunk: beam_search(
+        model, vocab, "rec", chunk, constraint, beam_size=beam, batch_size=batch))
 
 
 def measure_exact(model, vocab, sources, codes, batch, rounds) -> dict:
-    """Per-query latency of scoring 100 given identifiers exactly (codes: (100, L))."""
-    per_query, per_batch = [], []
-    for _ in range(rounds):
-        for start in range(0, len(sources), batch):
-            chunk = sources[start: start + batch]
-            t = time.perf_counter()
-            score_ids(model, vocab, "rec", chunk, np.stack([codes] * len(chunk)), batch_size=batch)
-            if next(model.parameters()).is_cuda:
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t
-            per_batch.append(elapsed)
-            per_query.extend([elapsed / len(chunk)] * len(chunk))
-    return {"per_query": percentiles(per_query), "per_batch": percentiles(per_batch)}
+    """Scoring 100 given identifiers exactly (codes: (100, L))."""
+    return timed_batches(model, sources, batch, rounds, lambda chunk: score_ids(
+        model, vocab, "rec", chunk, np.stack([codes] * len(chunk)), batch_size=batch))
 
 
 def main() -> None:
