@@ -18,7 +18,7 @@ from identifiers.constraints import PrefixConstraint
 from model.artifact import GenSARModel
 from evaluation.metrics import expected_metrics, rank_counts
 from model.generate import beam_search, score_ids
-from model.history import HistoryPrior, features, rank_with_history
+from model.history import HistoryPrior, rank_with_history, row_features
 from model.tasks import Renderer
 
 
@@ -67,7 +67,7 @@ class GenerativeSystem:
         codes = np.where(rows[..., None] >= 0, self.codes[rows.clip(min=0)], -1)  # (N, C, L)
         base = score_ids(self.gm.model, self.gm.vocab, self.task, self.sources(cases), codes)
         ids = self.renderer.idmap.item_ids
-        feats = np.stack([features(c.history, [ids[r] if r >= 0 else "" for r in row]) for c, row in zip(cases, rows)])
+        feats = np.stack([row_features(c.history, row, ids) for c, row in zip(cases, rows)])
         return base, feats
 
     def full_parts(self, cases: Sequence[Case], prior: HistoryPrior) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +94,7 @@ def fit_prior(system: GenerativeSystem, cases: Sequence[Case], candidates: np.nd
     lift_all = HistoryPrior(weights={system.task: (1.0, 1.0)})  # every item a weight could lift
     rows, scores = system.full_parts(cases, lift_all)
     ids = system.renderer.idmap.item_ids
-    full_feats = np.stack([features(c.history, [ids[r] if r >= 0 else "" for r in row]) for c, row in zip(cases, rows)])
+    full_feats = np.stack([row_features(c.history, row, ids) for c, row in zip(cases, rows)])
     raw = scores - np.where(rows >= 0, full_feats @ np.array([1.0, 1.0]), 0.0)  # the likelihoods alone
     target = np.array([system.renderer.idmap.row(c.target) if c.target in system.renderer.idmap else -2 for c in cases])
     found = rows == target[:, None]  # (N, M)

@@ -23,8 +23,9 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from gensar.data import UserEvent, target_item
+from gensar.data import UserEvent
 from gensar.events import HistoryEntry
+from model.tasks import item_and_query
 
 # Items a positive weight may lift into a ranking, per kind: the most searched, the most
 # recently interacted. Bounded: a heavy tagger has searched hundreds of items, and each
@@ -46,10 +47,8 @@ def counts(history: Sequence[UserEvent | HistoryEntry]) -> tuple[Counter, Counte
     """(times searched, times interacted) by item id."""
     searched, interacted = Counter(), Counter()
     for e in history:
-        if isinstance(e, HistoryEntry):
-            (searched if e.query is not None else interacted)[e.item_id] += 1
-        else:
-            (searched if e.type == "search" else interacted)[target_item(e)] += 1
+        item, query = item_and_query(e)
+        (searched if query is not None else interacted)[item] += 1
     return searched, interacted
 
 
@@ -59,6 +58,12 @@ def features(history: Sequence[UserEvent | HistoryEntry], item_ids: Sequence[str
     return np.log1p(np.array([[searched.get(i, 0), interacted.get(i, 0)] for i in item_ids], np.float64).reshape(-1, 2))
 
 
+def row_features(history: Sequence[UserEvent | HistoryEntry], rows: Sequence[int], item_ids: Sequence[str]
+                 ) -> np.ndarray:
+    """features() of map rows (-1: no item, zero features)."""
+    return features(history, [item_ids[r] if r >= 0 else "" for r in rows])
+
+
 def lifted(prior: HistoryPrior, task: str, history: Sequence[UserEvent | HistoryEntry]) -> list[str]:
     """The history items a positive weight can lift (a beam may not have reached them):
     the most searched, then the most recently interacted."""
@@ -66,7 +71,7 @@ def lifted(prior: HistoryPrior, task: str, history: Sequence[UserEvent | History
     searched, interacted = counts(history)
     items = [i for i, _ in searched.most_common(LIFTED_SEARCHED)] if w_search > 0 else []
     if w_interaction > 0:
-        recent = [target_item(e) if not isinstance(e, HistoryEntry) else e.item_id for e in reversed(history)]
+        recent = [item_and_query(e)[0] for e in reversed(history)]
         items += [i for i in dict.fromkeys(recent) if i in interacted][:LIFTED_INTERACTED]
     return list(dict.fromkeys(items))
 
@@ -99,6 +104,6 @@ def rank_with_history(model, vocab, task: str, sources: Sequence[Sequence[int]],
     if weights.any():
         for b, history in enumerate(histories):
             known = rows[b] >= 0
-            scores[b, known] += features(history, [item_ids[r] for r in rows[b, known]]) @ weights
+            scores[b, known] += row_features(history, rows[b, known], item_ids) @ weights
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)

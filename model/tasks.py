@@ -142,7 +142,7 @@ class Renderer:
 
     def event(self, e: UserEvent | HistoryEntry) -> Chunk | None:
         """One event as tokens with their loss kinds; None when its item has no identifier."""
-        item, query = _item_and_query(e)
+        item, query = item_and_query(e)
         row = self.row(item)
         if row is None:
             return None
@@ -241,7 +241,8 @@ class Renderer:
                       (0,) * (len(tokens) + 1) + (KIND["synthetic_search"],) * len(ids))
 
 
-def _item_and_query(e: UserEvent | HistoryEntry) -> tuple[str, str | None]:
+def item_and_query(e: UserEvent | HistoryEntry) -> tuple[str, str | None]:
+    """(item id, query or None for an interaction) of a dataset event or a HistoryEntry."""
     if isinstance(e, HistoryEntry):
         return e.item_id, e.query
     return target_item(e), e.query if isinstance(e, SearchEvent) else None

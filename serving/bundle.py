@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,12 @@ class Bundle:
             return groups[b] == 0 or bool(members.contains(codes[row][None], np.array([groups[b]]))[0])
 
         return rank_with_history(self.model, self.renderer.vocab, task, sources, histories, ranked.rows, ranked.scores,
-                                 codes, self.idmap.item_ids, {i: r for r, i in enumerate(self.idmap.item_ids)},
-                                 self.prior, allowed)
+                                 codes, self.idmap.item_ids, self.row_of, self.prior, allowed)
+
+    @cached_property
+    def row_of(self) -> dict[str, int]:
+        """Item id -> map row, built once per bundle (not per decoded batch)."""
+        return {item: row for row, item in enumerate(self.idmap.item_ids)}
 
 
 def genre_constraints(idmap: IdentifierMap, catalogue: Catalogue, device: str) -> tuple[dict[str, PrefixConstraint], dict[str, int]]:
