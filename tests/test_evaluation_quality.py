@@ -15,6 +15,7 @@ from evaluation.quality import BudgetError, QualitySettings, run_quality, write_
 from gensar.data import load
 from gensar.synthetic import write_synthetic
 from model.modeling import ModelSettings
+from model.train import TrainSettings
 from model.tasks import RenderSettings
 from test_model import tiny_world
 
@@ -118,8 +119,11 @@ def test_a_tight_budget_still_yields_the_joint_model_on_a_tags_only_dataset(tmp_
         return IdentifierMap(version=f"synth-{variant}", item_ids=tuple(dataset.items), search_codes=tiny.search_codes,
                              rec_codes=tiny.rec_codes, n_shared=1, codebook_size=8)
 
-    settings = QualitySettings(budget_minutes=2.5, beam_size=10, min_train_seconds=20, guess_build_seconds=1,
-                               guess_prepare_seconds=10, max_cases=150, model=TINY_MODEL, render=TINY_RENDER)
+    # Every model trains until its time is up (epochs never end it), and six models at their
+    # 25 s minimum need more than the whole 150 s: something must be skipped on any machine.
+    settings = QualitySettings(budget_minutes=2.5, beam_size=10, min_train_seconds=25, guess_build_seconds=1,
+                               guess_prepare_seconds=10, max_cases=150, model=TINY_MODEL, render=TINY_RENDER,
+                               train=TrainSettings(epochs=1e6))
     report = run_quality(tmp_path / "synth", settings, tmp_path / "state", tmp_path / "cache", log=lambda _: None,
                          build_ids=build_ids)
     skipped_only_after_the_headline(report)
