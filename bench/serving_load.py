@@ -8,9 +8,10 @@ The load comes from a second process (closed loop: a fixed number of clients, ea
 its next request when the previous answer arrives, for a fixed time). Requests are the
 bundled data's leave-one-out cases: rec histories as explicit `history`, real tag queries
 for search. The served model is the default architecture with random weights over the
-bundled catalogue with paper-layout random identifiers (bench.decoding_latency.random_map):
-serving cost does not depend on the weights. Adapters are PEFT LoRA adapters as `attach`
-initialises them, published to a real registry; each swap loads one beside the serving one.
+bundled catalogue with paper-layout random identifiers (bench.decoding_latency.random_map)
+and the history prior the bundled quality run fitted: serving cost does not depend on the
+weights. Adapters are PEFT LoRA adapters as `attach` initialises them, published to a real
+registry; each swap loads one beside the serving one.
 
     .venv/bin/python -m bench.serving_load [--replicas 1 2] [--seconds 8] [--rounds 3] [--clients 8]
 """
@@ -93,6 +94,7 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     from learner.settings import LoraSettings
     from learner.registry import LocalArtifactStore, Manifest, Registry, TrainingWindow
     from model.artifact import GenSARModel
+    from model.history import HistoryPrior
     from model.modeling import ModelSettings, build_model
     from model.tasks import RenderSettings
     from model.vocab import IdLayout, Vocabulary
@@ -105,7 +107,9 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     vocab = Vocabulary.for_corpus(IdLayout.of(idmap), [*texts.values(), *(e.query for e in ds.searches)])
     model = build_model(ModelSettings(), vocab, seed=0).eval()
     MapStore(root / "identifiers" / "maps").save(idmap)
-    GenSARModel(model, vocab, ModelSettings(), RenderSettings(), idmap.version, idmap.fingerprint()).save(root / "models" / "base" / "bench")
+    prior = HistoryPrior(weights={"search": (16.0, -8.0), "rec": (4.0, -2.0)})  # the bundled quality run's joint model's
+    GenSARModel(model, vocab, ModelSettings(), RenderSettings(), idmap.version, idmap.fingerprint(),
+                prior=prior).save(root / "models" / "base" / "bench")
     registry = Registry(LocalArtifactStore(root / "registry"))
     for i in range(adapters):
         directory = save_adapter(attach(model, LoraSettings()), root / "adapters-out" / f"a{i}")

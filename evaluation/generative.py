@@ -79,8 +79,9 @@ class GenerativeSystem:
         beam_rows = np.where(ranked.rows >= 0, self.map_rows[ranked.rows.clip(min=0)], -1)  # eval -> map rows
         idmap = self.renderer.idmap
         row_of = {i: r for i, r in zip(idmap.item_ids, range(len(idmap))) if self.eval_rows[r] >= 0}
-        return rank_with_history(self.gm.model, self.gm.vocab, self.task, sources, [c.history for c in cases],
-                                 beam_rows, ranked.scores, self.codes, idmap.item_ids, row_of, prior)
+        return rank_with_history(lambda codes: score_ids(self.gm.model, self.gm.vocab, self.task, sources, codes),
+                                 self.task, [c.history for c in cases], beam_rows, ranked.scores, self.codes,
+                                 idmap.item_ids, row_of, prior)
 
 
 SEARCH_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)

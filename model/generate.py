@@ -6,13 +6,19 @@ an identifier is then L tokens, each scored against its level's K codes
 (model.modeling.code_logits), so a score is a sum over levels of log-softmax over codes
 and scores compare across items and beams.
 
+The W beams (or C candidates) of a request continue ONE prefix: their tokens are appended
+to the request's own cache row as branches of a tree, each token attending to the prefix,
+its ancestors and itself (a 4-D attention mask), as tree attention does in speculative
+decoding. Nothing is copied per beam: repeating the prefix's cache W times and reordering
+it after every step was 40% of a served request's time.
+
     score_ids    exact: the log-likelihood of GIVEN identifiers (the paper protocol's 100
-                 candidates), all L codes teacher-forced in one pass over the cache
-                 repeated per candidate. No beam can drop the true item.
+                 candidates), the first L-1 codes of every candidate teacher-forced in one
+                 pass after the prefix. No beam can drop the true item.
     beam_search  top `beam_size` valid identifiers (the full catalogue, serving): L masked
                  top-k steps over (beam x K), the constraint (identifiers.constraints)
-                 giving every beam's valid next codes as one tensor operation; the cache is
-                 reordered with the beams, so a step runs the decoder on one new token.
+                 giving every beam's valid next codes as one tensor operation; a step runs
+                 the decoder on each live beam's newest token.
 """
 
 from __future__ import annotations
@@ -44,12 +50,7 @@ class Prefix:
     cache: object  # the decoder's key/value cache (B rows)
     attention_mask: torch.Tensor  # (B, S) left padding is 0
     next_position: torch.Tensor  # (B,) position of the next token
-
-    def repeat(self, n: int) -> "Prefix":
-        """Each row n times in a row (the cache in place)."""
-        self.cache.batch_repeat_interleave(n)
-        return Prefix(self.hidden.repeat_interleave(n, 0), self.cache, self.attention_mask.repeat_interleave(n, 0),
-                      self.next_position.repeat_interleave(n, 0))
+    tree: int = 0  # branch tokens appended to the cache since (see grow)
 
 
 def prefill(model: PreTrainedModel, sources: Sequence[Sequence[int]], pad_id: int) -> Prefix:
@@ -67,15 +68,20 @@ def prefill(model: PreTrainedModel, sources: Sequence[Sequence[int]], pad_id: in
     return Prefix(out.last_hidden_state[:, -1], out.past_key_values, mask, mask.sum(1))
 
 
-def extend(model: PreTrainedModel, prefix: Prefix, tokens: torch.Tensor) -> torch.Tensor:
-    """Run `tokens` (B, T) after the prefix (its cache grows by T) -> (B, T, d) states."""
+def grow(model: PreTrainedModel, prefix: Prefix, tokens: torch.Tensor, seen: torch.Tensor,
+         depth: torch.Tensor) -> torch.Tensor:
+    """Append n branch tokens per row after the prefix and the tree so far (T = prefix.tree).
+
+    tokens (B, n); seen (B, n, T + n) which tree tokens each new one attends to (its
+    ancestors and itself); depth (B, n) its distance from the prefix's end -> (B, n, d)."""
     decoder, _ = parts(model)
-    t = tokens.shape[1]
-    mask = torch.cat([prefix.attention_mask, torch.ones_like(tokens)], dim=1)
-    position_ids = prefix.next_position[:, None] + torch.arange(t, device=tokens.device)[None, :]
-    out = decoder(input_ids=tokens, attention_mask=mask, position_ids=position_ids, past_key_values=prefix.cache,
-                  use_cache=True)
-    prefix.attention_mask, prefix.next_position = mask, prefix.next_position + t
+    b, n = tokens.shape
+    visible = torch.cat([prefix.attention_mask.bool()[:, None, :].expand(b, n, -1), seen], dim=-1)  # (B, n, S + T + n)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(visible.shape, dtype=dtype, device=tokens.device).masked_fill(~visible, torch.finfo(dtype).min)
+    out = decoder(input_ids=tokens, attention_mask=mask[:, None], position_ids=prefix.next_position[:, None] + depth,
+                  past_key_values=prefix.cache, use_cache=True)
+    prefix.tree += n
     return out.last_hidden_state
 
 
@@ -90,28 +96,38 @@ def score_ids(model: PreTrainedModel, vocab: Vocabulary, task: str, sources: Seq
     """Exact log-likelihood of candidate identifiers: sources (B,), codes (B, C, L) with
     rows of -1 for candidates without an identifier -> (B, C) scores (-inf for those)."""
     model.eval()
-    device = next(model.parameters()).device
+    codes = np.asarray(codes, np.int64)
+    if not len(sources):
+        return np.full(codes.shape[:2], -np.inf)
+    return np.concatenate([score(model, vocab, task, prefill(model, sources[i: i + batch_size], vocab.pad_id),
+                                 codes[i: i + batch_size]) for i in range(0, len(sources), batch_size)])
+
+
+@torch.no_grad()
+def score(model: PreTrainedModel, vocab: Vocabulary, task: str, prefix: Prefix, codes: np.ndarray) -> np.ndarray:
+    """score_ids after a prefix (B rows) that may already carry other branches (a beam's)."""
+    device = prefix.hidden.device
     tokens_by_level = level_tokens(vocab, task, device)  # (L, K)
     _, out_weight = parts(model)
-    codes = np.asarray(codes, np.int64)
-    out = np.full(codes.shape[:2], -np.inf)
-    for start in range(0, len(sources), batch_size):
-        chunk = torch.tensor(codes[start: start + batch_size], device=device)  # (b, C, L)
-        b, c, depth = chunk.shape
-        known = (chunk >= 0).all(-1)  # (b, C)
-        flat = chunk.clamp(min=0).reshape(b * c, depth)  # (b*C, L)
-        prefix = prefill(model, sources[start: start + batch_size], vocab.pad_id)
-        first = torch.log_softmax(code_logits(prefix.hidden, out_weight, tokens_by_level[0]).float(), -1)  # (b, K)
-        total = first.gather(1, chunk[:, :, 0].clamp(min=0))  # (b, C)
-        if depth > 1:
-            prefix = prefix.repeat(c)
-            inputs = torch.stack([tokens_by_level[l][flat[:, l]] for l in range(depth - 1)], 1)  # (b*C, L-1)
-            hidden = extend(model, prefix, inputs)  # (b*C, L-1, d)
-            for l in range(1, depth):
-                logp = torch.log_softmax(code_logits(hidden[:, l - 1], out_weight, tokens_by_level[l]).float(), -1)
-                total = total + logp.gather(1, flat[:, l: l + 1]).reshape(b, c)
-        out[start: start + b] = torch.where(known, total, torch.full_like(total, float("-inf"))).cpu().numpy()
-    return out
+    chunk = torch.tensor(np.asarray(codes, np.int64), device=device)  # (b, C, L)
+    b, c, depth = chunk.shape
+    known = (chunk >= 0).all(-1)  # (b, C)
+    chunk = chunk.clamp(min=0)
+    first = torch.log_softmax(code_logits(prefix.hidden, out_weight, tokens_by_level[0]).float(), -1)  # (b, K)
+    total = first.gather(1, chunk[:, :, 0])  # (b, C)
+    if depth > 1:
+        # candidate-major branches: token (c, l) is code l of candidate c and sees codes 0..l of c
+        branch = torch.arange(c * (depth - 1), device=device) // (depth - 1)  # (C*(L-1),)
+        level = torch.arange(depth - 1, device=device).repeat(c)  # (C*(L-1),)
+        own = (branch[:, None] == branch[None, :]) & (level[None, :] <= level[:, None])  # (C*(L-1), C*(L-1))
+        seen = torch.cat([torch.zeros((len(own), prefix.tree), dtype=torch.bool, device=device), own], 1)
+        inputs = torch.stack([tokens_by_level[l][chunk[:, :, l]] for l in range(depth - 1)], -1)  # (b, C, L-1)
+        hidden = grow(model, prefix, inputs.reshape(b, -1), seen.expand(b, -1, -1), level.expand(b, -1))
+        hidden = hidden.reshape(b, c, depth - 1, -1)  # (b, C, L-1, d)
+        for l in range(1, depth):
+            logp = torch.log_softmax(code_logits(hidden[:, :, l - 1], out_weight, tokens_by_level[l]).float(), -1)
+            total = total + logp.gather(2, chunk[:, :, l: l + 1])[..., 0]  # (b, C)
+    return torch.where(known, total, torch.full_like(total, float("-inf"))).cpu().numpy()
 
 
 @torch.no_grad()
@@ -123,43 +139,51 @@ def beam_search(model: PreTrainedModel, vocab: Vocabulary, task: str, sources: S
     constraint None decodes unconstrained (any code at every level; rows stay -1).
     groups (B,) picks each request's candidate group of the constraint (default: 0)."""
     model.eval()
-    device = next(model.parameters()).device
+    groups = np.zeros(len(sources), np.int64) if groups is None else np.asarray(groups, np.int64)
+    parts_ = [search(model, vocab, task, prefill(model, sources[i: i + batch_size], vocab.pad_id), constraint,
+                     groups[i: i + batch_size], beam_size) for i in range(0, len(sources), batch_size)]
+    return Ranked(*(np.concatenate([getattr(p, f) for p in parts_]) for f in ("rows", "scores", "codes")))
+
+
+@torch.no_grad()
+def search(model: PreTrainedModel, vocab: Vocabulary, task: str, prefix: Prefix, constraint: PrefixConstraint | None,
+           groups: np.ndarray, w: int) -> Ranked:
+    """beam_search after a prefix (B rows); the beams are branches of each row's tree."""
+    device = prefix.hidden.device
     tokens_by_level = level_tokens(vocab, task, device)
+    depth, k = tokens_by_level.shape
+    b = len(groups)
+    _, out_weight = parts(model)
     if constraint is not None:
         constraint = constraint.to(device)
-    groups = np.zeros(len(sources), np.int64) if groups is None else np.asarray(groups, np.int64)
-    parts_ = [_search_chunk(model, vocab, tokens_by_level, sources[i: i + batch_size], constraint,
-                            torch.as_tensor(groups[i: i + batch_size], device=device), beam_size)
-              for i in range(0, len(sources), batch_size)]
-    return Ranked(*(np.concatenate([p[j] for p in parts_]) for j in range(3)))
-
-
-def _search_chunk(model, vocab, tokens_by_level, sources, constraint, groups, w):
-    device = tokens_by_level.device
-    depth, k = tokens_by_level.shape
-    b = len(sources)
-    _, out_weight = parts(model)
-    prefix = prefill(model, sources, vocab.pad_id).repeat(w)  # (b*w) rows
-    hidden = prefix.hidden  # (b*w, d)
+    hidden = prefix.hidden[:, None].expand(b, w, -1)  # (b, w, d)
     scores = torch.full((b, w), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam per request to start
-    nodes = constraint.roots(groups).repeat_interleave(w) if constraint is not None else None  # (b*w,)
+    nodes = (constraint.roots(torch.as_tensor(groups, device=device)).repeat_interleave(w)
+             if constraint is not None else None)  # (b*w,)
     codes = torch.zeros((b * w, 0), dtype=torch.long, device=device)
+    paths = torch.zeros((b, w, 0), dtype=torch.long, device=device)  # tree columns of each beam's tokens
     for level in range(depth):
-        logp = torch.log_softmax(code_logits(hidden, out_weight, tokens_by_level[level]).float(), dim=-1)  # (b*w, K)
+        logp = torch.log_softmax(code_logits(hidden.reshape(b * w, -1), out_weight, tokens_by_level[level]).float(),
+                                 dim=-1)  # (b*w, K)
         if constraint is not None:
             logp = logp.masked_fill(~constraint.allowed(level, nodes), float("-inf"))
         total = (scores.reshape(-1, 1) + logp).reshape(b, w * k)
         scores, index = total.topk(w, dim=1)  # (b, w)
-        parent = (torch.arange(b, device=device)[:, None] * w + index // k).reshape(-1)  # (b*w,) flat beam index
+        parent = index // k  # (b, w) the beam each new beam extends
+        flat_parent = (torch.arange(b, device=device)[:, None] * w + parent).reshape(-1)  # (b*w,)
         code = (index % k).reshape(-1)
-        codes = torch.cat([codes[parent], code[:, None]], dim=1)
+        codes = torch.cat([codes[flat_parent], code[:, None]], dim=1)
         if constraint is not None:
-            nodes = constraint.advance(level, nodes[parent], code)
+            nodes = constraint.advance(level, nodes[flat_parent], code)
             nodes = torch.where(torch.isfinite(scores.reshape(-1)), nodes, torch.full_like(nodes, -1))
         if level + 1 < depth:
-            prefix.cache.reorder_cache(parent)
-            hidden = extend(model, prefix, tokens_by_level[level][code][:, None])[:, -1]
+            own = prefix.tree + torch.arange(w, device=device).expand(b, w)  # (b, w) the new tokens' columns
+            paths = torch.cat([paths.gather(1, parent[..., None].expand(-1, -1, level)), own[..., None]], dim=-1)
+            seen = torch.zeros((b, w, prefix.tree + w), dtype=torch.bool, device=device)
+            seen.scatter_(2, paths, True)  # (b, w, tree so far): ancestors and self
+            hidden = grow(model, prefix, tokens_by_level[level][code].reshape(b, w), seen,
+                          torch.full((b, w), level, device=device))  # (b, w, d)
     rows = constraint.items(nodes) if constraint is not None else torch.full((b * w,), -1, device=device)
     rows = torch.where(torch.isfinite(scores.reshape(-1)), rows, torch.full_like(rows, -1))
-    return rows.reshape(b, w).cpu().numpy(), scores.cpu().numpy(), codes.reshape(b, w, depth).cpu().numpy()
+    return Ranked(rows.reshape(b, w).cpu().numpy(), scores.cpu().numpy(), codes.reshape(b, w, depth).cpu().numpy())

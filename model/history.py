@@ -18,7 +18,7 @@ item the beam did not reach can still be found.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -76,16 +76,16 @@ def lifted(prior: HistoryPrior, task: str, history: Sequence[UserEvent | History
     return list(dict.fromkeys(items))
 
 
-def rank_with_history(model, vocab, task: str, sources: Sequence[Sequence[int]],
+def rank_with_history(score: Callable[[np.ndarray], np.ndarray], task: str,
                       histories: Sequence[Sequence[UserEvent | HistoryEntry]], beam_rows: np.ndarray,
                       beam_scores: np.ndarray, codes: np.ndarray, item_ids: Sequence[str], row_of: dict[str, int],
                       prior: HistoryPrior, allowed=None) -> tuple[np.ndarray, np.ndarray]:
     """A beam's rows (B, W) and log-likelihoods, plus the history items the prior lifts
     (scored exactly), each shifted by the prior and sorted best first -> (rows, scores),
-    (B, W + H), -1 / -inf past the last. codes (n_rows, L): the task's identifier of each
-    map row; row_of: item id -> map row; allowed(b, row) -> bool filters lifted rows."""
-    from model.generate import score_ids  # the prior sits above decoding
-
+    (B, W + H), -1 / -inf past the last. score(codes (B, H, L)) -> (B, H) log-likelihoods of
+    the lifted items' identifiers (model.generate: score_ids, or score on the beam's own
+    prefix); codes (n_rows, L): the task's identifier of each map row; row_of: item id ->
+    map row; allowed(b, row) -> bool filters lifted rows."""
     weights = np.array(prior.of(task))
     extra = []
     for b, history in enumerate(histories):
@@ -93,14 +93,14 @@ def rank_with_history(model, vocab, task: str, sources: Sequence[Sequence[int]],
         rows = [row_of[i] for i in lifted(prior, task, history) if i in row_of]
         extra.append([r for r in rows if r not in in_beam and (allowed is None or allowed(b, r))])
     width = max((len(x) for x in extra), default=0)
-    rows = np.full((len(sources), beam_rows.shape[1] + width), -1, np.int64)
+    rows = np.full((len(histories), beam_rows.shape[1] + width), -1, np.int64)
     scores = np.full(rows.shape, -np.inf)
     rows[:, : beam_rows.shape[1]], scores[:, : beam_rows.shape[1]] = beam_rows, beam_scores
     if width:
         padded = np.array([x + [-1] * (width - len(x)) for x in extra], np.int64)  # (B, H)
         extra_codes = np.where(padded[..., None] >= 0, codes[padded.clip(min=0)], -1)  # (B, H, L)
         rows[:, beam_rows.shape[1]:] = padded
-        scores[:, beam_rows.shape[1]:] = score_ids(model, vocab, task, sources, extra_codes)
+        scores[:, beam_rows.shape[1]:] = score(extra_codes)
     if weights.any():
         for b, history in enumerate(histories):
             known = rows[b] >= 0

@@ -17,7 +17,7 @@ from identifiers.constraints import PrefixConstraint
 from identifiers.idmap import IdentifierMap
 from identifiers.semantic import item_texts
 from model.artifact import GenSARModel
-from model.generate import beam_search, score_ids
+from model.generate import beam_search, prefill, score, score_ids, search
 from model.modeling import ModelSettings, build_model, parameter_count, parts
 from model.tasks import ALIGNMENT, KIND, TASKS, RenderSettings, Renderer, TaskMix, build_pools, epoch_order
 from model.train import TrainSettings, batches, train
@@ -254,11 +254,13 @@ def test_the_history_prior_lifts_searched_items_and_scores_them_exactly(world):
                HistoryEntry(item_id="5", timestamp=3)]
     source = renderer.source("search", history, "papa")
     few = PrefixConstraint(idmap.search_codes[:4], 8)  # a beam that cannot reach item 77
-    ranked = beam_search(model, vocab, "search", [source], few, beam_size=4)
+    # the beam and the lifted items are branches of one prefix (serving's way)
+    prefix = prefill(model, [source], vocab.pad_id)
+    ranked = search(model, vocab, "search", prefix, few, np.zeros(1, np.int64), 4)
     row_of = {item: r for r, item in enumerate(idmap.item_ids)}
     prior = HistoryPrior(weights={"search": (3.0, -1.0)})
-    rows, scores = rank_with_history(model, vocab, "search", [source], [history], ranked.rows, ranked.scores,
-                                     idmap.search_codes, idmap.item_ids, row_of, prior)
+    rows, scores = rank_with_history(lambda codes: score(model, vocab, "search", prefix, codes), "search", [history],
+                                     ranked.rows, ranked.scores, idmap.search_codes, idmap.item_ids, row_of, prior)
     assert 77 in rows[0] and set(ranked.rows[0]) <= set(rows[0])  # lifted, nothing dropped
     assert (np.diff(scores[0][np.isfinite(scores[0])]) <= 1e-9).all()  # best first
     exact = score_ids(model, vocab, "search", [source], idmap.search_codes[rows[0]][None])[0]
@@ -266,6 +268,7 @@ def test_the_history_prior_lifts_searched_items_and_scores_them_exactly(world):
     assert np.allclose(scores[0], exact + bonus, atol=1e-4)
     assert bonus[list(rows[0]).index(77)] == pytest.approx(3.0 * np.log(3))  # searched twice
     # zero weights change nothing, and lift nothing
-    same_rows, same_scores = rank_with_history(model, vocab, "search", [source], [history], ranked.rows, ranked.scores,
-                                               idmap.search_codes, idmap.item_ids, row_of, HistoryPrior())
+    same_rows, same_scores = rank_with_history(lambda codes: score_ids(model, vocab, "search", [source], codes),
+                                               "search", [history], ranked.rows, ranked.scores, idmap.search_codes,
+                                               idmap.item_ids, row_of, HistoryPrior())
     assert (same_rows == ranked.rows).all() and np.allclose(same_scores, ranked.scores)
