@@ -5,6 +5,9 @@
     GET  /healthz /readyz /metrics /models
     POST /admin/pin {task, version|null}, POST /admin/reload   (Authorization: Bearer <token>)
 
+Admin routes check the token before they read the body; a body over max_body_bytes is a 413
+before any handler reads it; every error carries `detail`, as the OpenAPI spec documents.
+
 Each replica loads the base model once, answers from the bundles its engine holds, and
 follows the registry on a background thread: a new version is loaded beside the serving one,
 warmed, then swapped in (serving.bundle explains why in-flight requests are safe).
@@ -22,19 +25,24 @@ import os
 import secrets
 import threading
 import time
+from typing import NoReturn
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, SecretStr, ValidationError
 from ray import serve
+from starlette.datastructures import Headers
 
 from serving.control import Control, read_control, write_control
 from serving.engine import Engine, Query, Swap, item_history
 # Metrics through the module: Serve pickles the ingress class by value, and pickled copies of
 # metric objects would not be in the replica's registry.
 from serving import metrics as meters
-from serving.schemas import Answer, Models, PinRequest, RecommendRequest, SearchRequest, TaskModel
+from serving.schemas import Answer, Error, Models, PinRequest, Ready, RecommendRequest, SearchRequest, TaskModel
 from serving.settings import ServingSettings
 
 log = logging.getLogger("gensar.serving")
@@ -42,6 +50,40 @@ api = FastAPI(title="GenSAR serving", version="1",
               description="Search and recommendation from one generative model, with hot-swapped versions.")
 bearer = HTTPBearer(auto_error=False)
 ENDPOINTS = {"/search", "/recommend", "/healthz", "/readyz", "/metrics", "/models", "/admin/pin", "/admin/reload"}
+
+
+class BodyLimit:
+    """413 for a request body over the replica's max_body_bytes, before any handler buffers it:
+    at once for a declared Content-Length, else as the bytes arrive (chunked, or a client that
+    sends more than it declared). Pure ASGI, so the body is never read here."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        # The settings are the replica's (application args), not this module's: Serve binds
+        # the handlers' `self` the same way.
+        limit = serve.get_replica_context().servable_object.settings.max_body_bytes
+        message = f"request body over {limit} bytes"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, message)  # inside the handler's read: FastAPI answers it
+            return event
+
+        await self.app(scope, counted, send)
+
+
+api.add_middleware(BodyLimit)  # inside count_requests (added after), so 413s are counted
 
 
 @api.middleware("http")
@@ -58,8 +100,68 @@ async def count_requests(request: Request, call_next):
         meters.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
 
-def unprocessable(message: str) -> HTTPException:
-    return HTTPException(status_code=422, detail=message)
+@api.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, but a body that is not UTF-8 is echoed lossily: FastAPI's own handler
+    decodes the echoed bytes strictly and answers 500 (found by the API fuzz)."""
+    errors = [e | {"input": e["input"].decode("utf-8", "replace")} if isinstance(e.get("input"), bytes) else e
+              for e in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+def unprocessable(field: str, message: str, value) -> RequestValidationError:
+    """A 422 for a limit the schema cannot state (the replica's settings, its catalogue), in
+    FastAPI's own shape, so every 422 matches the published HTTPValidationError."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *field.split(".")), "msg": message,
+                                    "input": value}])
+
+
+def authorize(token: SecretStr | None, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """Admit an admin request only with the configured token. Admin handlers call this before
+    they read the body, so an unauthenticated caller learns nothing about it (not even a 422)."""
+    if token is None:
+        refuse("disabled", 403, "admin operations are disabled: no admin token is configured")
+    if credentials is None:
+        refuse("missing", 401, "admin operations need 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+    # Constant time: how long the comparison takes must not tell how much of a guess is right.
+    if not secrets.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
+        refuse("wrong", 403, "wrong admin token")
+
+
+def refuse(reason: str, status: int, message: str, headers: dict | None = None) -> NoReturn:
+    meters.ADMIN_AUTH_FAILURES.labels(reason).inc()
+    log.warning("admin request refused: %s", message)  # never the token, presented or configured
+    raise HTTPException(status, message, headers=headers)
+
+
+async def body_as(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The JSON body as `model`, for handlers that must authorize before reading it; invalid
+    bodies are 422 in FastAPI's own shape (loc starting with "body")."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise RequestValidationError([{"type": "content_type", "loc": ("body",), "input": media,
+                                       "msg": "the body must be JSON, sent as Content-Type: application/json"}])
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI request body of `model` for a handler that reads its body itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+# The errors each route may answer, in the spec, so clients (and the API fuzz) know them all.
+WHY = {400: "the body could not be parsed", 401: "no bearer token",
+       403: "admin is off (no token configured) or the token is wrong", 404: "no such version in the registry",
+       409: "the version cannot serve; the pin is taken back", 413: "the body is over max_body_bytes"}
+INVALID = {"description": "Validation Error",  # FastAPI's own, documented on routes that declare their body
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
+
+
+def errors(*codes: int) -> dict:
+    return {code: {"model": Error, "description": WHY[code]} for code in codes}
 
 
 @serve.deployment
@@ -135,30 +237,31 @@ class GenSARServer:
 
     # --- the API ------------------------------------------------------------------------
 
-    @api.post("/search", response_model=Answer)
+    @api.post("/search", response_model=Answer, responses=errors(400, 413))
     async def search(self, body: SearchRequest) -> Answer:
         if len(body.query) > self.settings.max_query_chars:
-            raise unprocessable(f"query longer than {self.settings.max_query_chars} characters")
+            raise unprocessable("query", f"query longer than {self.settings.max_query_chars} characters", body.query)
         self._check_k(body.k)
         genre = body.filters.genre.lower() if body.filters and body.filters.genre else None
         if genre is not None and genre not in self.genres:
-            raise unprocessable(f"unknown genre {body.filters.genre!r}; known: {', '.join(sorted(self.genres))}")
+            raise unprocessable("filters.genre", f"unknown genre {body.filters.genre!r}; "
+                                f"known: {', '.join(sorted(self.genres))}", body.filters.genre)
         state = await asyncio.to_thread(self.users.histories, body.user_id) if body.user_id else None
         query = Query("search", body.k, history=state.events if state else (), query=body.query, genre=genre)
         return await self._search_batch(query)
 
-    @api.post("/recommend", response_model=Answer)
+    @api.post("/recommend", response_model=Answer, responses=errors(400, 413))
     async def recommend(self, body: RecommendRequest) -> Answer:
         self._check_k(body.k)
         if body.history is not None and len(body.history) > self.settings.max_history:
-            raise unprocessable(f"history longer than {self.settings.max_history} items")
+            raise unprocessable("history", f"history longer than {self.settings.max_history} items", body.history)
         state = await asyncio.to_thread(self.users.histories, body.user_id)
         history = item_history(body.history) if body.history is not None else state.events
         return await self._recommend_batch(Query("rec", body.k, history=history, search_history=state.queries))
 
     def _check_k(self, k: int) -> None:
         if k > self.settings.max_k:
-            raise unprocessable(f"k must be at most {self.settings.max_k}")
+            raise unprocessable("k", f"k must be at most {self.settings.max_k}", k)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # reset from settings in __init__
     async def _search_batch(self, queries: list[Query]) -> list[Answer]:
@@ -174,12 +277,15 @@ class GenSARServer:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get("/readyz", response_model=Ready, responses={503: {"model": Ready, "description": "a task has no version yet"}})
     async def readyz(self):
-        ready = {"search", "rec"} <= set(self.engine.slots)
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        missing = sorted({"search", "rec"} - set(self.engine.slots))
+        if missing:
+            return JSONResponse({"ready": False, "detail": f"no version loaded yet for {', '.join(missing)}"},
+                                status_code=503)
+        return Ready(ready=True)
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse)  # the spec says text/plain, as answered
     async def metrics(self) -> PlainTextResponse:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -195,21 +301,15 @@ class GenSARServer:
 
     # --- admin --------------------------------------------------------------------------
 
-    def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
-        token = self.settings.admin_token
-        if token is None:
-            raise HTTPException(403, "admin operations are disabled: no admin token is configured")
-        if credentials is None:
-            raise HTTPException(401, "admin operations need 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
-            raise HTTPException(403, "wrong admin token")
-
-    @api.post("/admin/pin", response_model=Models)
-    async def pin(self, body: PinRequest, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Models:
+    # The body is not a parameter: FastAPI reads and validates a declared body before it runs
+    # any dependency, so the token would be checked second.
+    @api.post("/admin/pin", response_model=Models, openapi_extra=json_body(PinRequest),
+              responses=errors(401, 403, 404, 409, 413) | {422: INVALID})
+    async def pin(self, request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Models:
         """Serve `version` for `task` whatever the registry says (every replica follows within
         a poll interval); version null hands the task back to the registry."""
-        self._authorize(credentials)
+        authorize(self.settings.admin_token, credentials)
+        body = await body_as(request, PinRequest)
         if body.version is not None:
             try:
                 self.engine.loader.registry.manifest(body.version)
@@ -226,10 +326,10 @@ class GenSARServer:
             raise HTTPException(409, f"version {body.version} cannot serve: {exc}") from None
         return await self.models()
 
-    @api.post("/admin/reload", response_model=Models)
+    @api.post("/admin/reload", response_model=Models, responses=errors(401, 403))
     async def reload(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Models:
         """Re-read the registry and the pins now rather than at the next poll."""
-        self._authorize(credentials)
+        authorize(self.settings.admin_token, credentials)
         await asyncio.to_thread(self.follow)
         return await self.models()
 

@@ -21,3 +21,5 @@ USER_STATE_SECONDS = Histogram("gensar_serve_user_state_seconds", "User-state re
                                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
 ITEMS_ADDED = Counter("gensar_serve_items_added_total", "Items added or re-titled from the items topic while serving")
 ITEMS_INVALID = Counter("gensar_serve_items_invalid_total", "Item records on the items topic that failed validation")
+ADMIN_AUTH_FAILURES = Counter("gensar_serve_admin_auth_failures_total", "Admin requests refused before anything else "
+                              "was read, by reason: disabled (no token configured), missing, wrong", ["reason"])

@@ -62,6 +62,19 @@ class Models(BaseModel):
     swaps: list[dict]  # the latest swaps of this replica, newest last
 
 
+class Error(BaseModel):
+    """Every error but a 422 (which is FastAPI's HTTPValidationError, a list in `detail`)."""
+    detail: str = Field(min_length=1, description="what is wrong, for a person to read")
+
+
+class Ready(BaseModel):
+    ready: bool
+    detail: str | None = Field(None, description="why not, when not ready (503)")
+
+
 class PinRequest(Strict):
     task: Literal["joint", "search", "rec"] = "joint"
-    version: str | None = Field(None, description="null releases the pin: the registry decides again")
+    # A registry version name (learner.registry.Manifest), and never "." or "..": the name
+    # becomes a path under the registry's adapters folder.
+    version: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+                                description="null releases the pin: the registry decides again")

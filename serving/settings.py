@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gensar.settings import Settings
@@ -22,14 +22,18 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENSAR_SERVING__", extra="forbid")
 
     # Admin operations (pin, reload) need `Authorization: Bearer <token>`; without a token
-    # configured they are refused outright.
+    # configured they are refused outright. A blank token counts as none: an optional Secret
+    # key that is empty must switch admin off, not make "" (or spaces) the password.
     admin_token: SecretStr | None = None
     # The stream workers' table read API (streams.views); the chart's Service is
     # http://<release>-streams:6066. Unreachable: the request is answered as for a user
     # without history, and gensar_serve_user_state_errors_total counts it.
     streams_url: str = "http://127.0.0.1:6066"
     streams_timeout_s: float = Field(0.25, gt=0, le=10)  # a slow state read must not hold a request
-    # Request limits (422 beyond them).
+    # Request limits (422 beyond them; 413 for a body over max_body_bytes, checked before any
+    # handler reads it). The largest valid body, a full explicit history of 128-character ids
+    # sent \u-escaped, is ~310 KB.
+    max_body_bytes: int = Field(512 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_k: int = Field(K_LIMIT, ge=1, le=K_LIMIT)
     max_query_chars: int = Field(QUERY_LIMIT, ge=1, le=QUERY_LIMIT)
     max_history: int = Field(HISTORY_LIMIT, ge=0, le=HISTORY_LIMIT)
@@ -65,6 +69,11 @@ class ServingSettings(BaseSettings):
     # Follow the items topic (GENSAR_KAFKA__*): items published while serving join the
     # catalogue and the dense index at once.
     follow_items: bool = True
+
+    @field_validator("admin_token")
+    @classmethod
+    def _blank_is_none(cls, token: SecretStr | None) -> SecretStr | None:
+        return token if token is not None and token.get_secret_value().strip() else None
 
     def root(self) -> Path:
         return self.state_dir or Settings().state_dir
