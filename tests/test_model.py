@@ -272,3 +272,13 @@ def test_the_history_prior_lifts_searched_items_and_scores_them_exactly(world):
                                                "search", [history], ranked.rows, ranked.scores, idmap.search_codes,
                                                idmap.item_ids, row_of, HistoryPrior())
     assert (same_rows == ranked.rows).all() and np.allclose(same_scores, ranked.scores)
+
+
+def test_history_events_can_carry_both_identifiers(world):
+    ds, idmap, vocab, renderer, *_ = world
+    both = Renderer(vocab, idmap, ds, renderer.item_text, renderer.settings.model_copy(update={"history_ids": "both"}))
+    interaction = next(e for e in ds.interactions if e.item_id == "5")
+    tokens, kinds = both.event(interaction)
+    assert tokens == [vocab.markers["rec"], *both.ids("rec", 5), *both.ids("search", 5)[1:]]  # 1 shared level
+    assert kinds == [0] + [KIND["rec"]] * 3 + [0, 0]  # the other id is context, not a target
+    assert renderer.event(interaction)[0] == tokens[:4]
