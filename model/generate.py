@@ -50,7 +50,7 @@ class Prefix:
     cache: object  # the decoder's key/value cache (B rows)
     attention_mask: torch.Tensor  # (B, S) left padding is 0
     next_position: torch.Tensor  # (B,) position of the next token
-    tree: int = 0  # branch tokens appended to the cache since (see grow)
+    tree: int = 0  # branch tokens appended to the cache after the prefix (see grow)
 
 
 def prefill(model: PreTrainedModel, sources: Sequence[Sequence[int]], pad_id: int) -> Prefix:
