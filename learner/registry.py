@@ -136,11 +136,11 @@ class Registry:
 
     def rollback(self, task: Task = "joint", reason: str = "operator rollback") -> ModelVersion:
         """Take the serving version of `task` out of service and re-announce the one it replaced."""
-        history = self._promoted_history()[task]
+        history = self.promoted()[task]  # newest first
         if len(history) < 2:
             raise RegistryError(f"nothing to roll back to for task {task}: "
                                 f"{'only ' + history[0] if history else 'no'} promoted version")
-        current, previous = history[-1], history[-2]
+        current, previous = history[0], history[1]
         self._decide(self.manifest(current), "rolled-back", reason)
         return self._decide(self.manifest(previous), "promoted", f"rollback from {current}: {reason}")
 
@@ -194,11 +194,20 @@ class Registry:
                 return decision
         raise RegistryError(f"unknown version {version}")
 
-    def _promoted_history(self) -> dict[str, list[str]]:
-        """Per task, promoted versions in order, rolled-back ones removed."""
-        task_of = {v: self.manifest(v).task for v in self.store.keys()}
+    def promoted(self) -> dict[str, list[str]]:
+        """Per task ("joint", "search", "rec"), its promoted versions newest first, rolled-back
+        ones removed. A version whose artifact fails verification stands in the joint line,
+        which every task falls back to: one damaged artifact must not hide every later
+        promotion (a reader that loads it refuses it there, and the next in line serves)."""
+        decisions = self.decisions()
+        task_of: dict[str, str] = {}
+        for version in dict.fromkeys(d.version for d in decisions):
+            try:
+                task_of[version] = self.manifest(version).task
+            except (ValueError, OSError):  # ArtifactError (damaged), RegistryError (gone)
+                task_of[version] = "joint"
         history: dict[str, list[str]] = {"joint": [], "search": [], "rec": []}
-        for d in self.decisions():
+        for d in decisions:
             stack = history[task_of[d.version]]
             if d.status == "promoted":
                 if d.version in stack:
@@ -206,11 +215,11 @@ class Registry:
                 stack.append(d.version)
             elif d.status == "rolled-back" and d.version in stack:
                 stack.remove(d.version)
-        return history
+        return {task: stack[::-1] for task, stack in history.items()}
 
     def serving(self, task: Task = "joint") -> str | None:
-        history = self._promoted_history()[task]
-        return history[-1] if history else None
+        history = self.promoted()[task]
+        return history[0] if history else None
 
     def versions(self) -> list[tuple[Manifest, Decision]]:
         latest = {d.version: d for d in self.decisions()}

@@ -10,7 +10,10 @@ before any handler reads it; every error carries `detail`, as the OpenAPI spec d
 
 Each replica loads the base model once, answers from the bundles its engine holds, and
 follows the registry on a background thread: a new version is loaded beside the serving one,
-warmed, then swapped in (serving.bundle explains why in-flight requests are safe).
+warmed, then swapped in (serving.bundle explains why in-flight requests are safe). A version
+that fails to load is refused (serving.engine): the serving one stays, /models lists the
+refusal and gensar_serve_refused_versions_total counts it; /admin/pin and /admin/reload
+answer 409 for it.
 Requests are batched per task by `serve.batch` within a small wait budget and decoded off
 the event loop, so requests keep arriving while a batch decodes.
 
@@ -38,11 +41,12 @@ from ray import serve
 from starlette.datastructures import Headers
 
 from serving.control import Control, read_control, write_control
-from serving.engine import Engine, Query, Swap, item_history
+from serving.engine import Engine, Query, Refusal, Swap, item_history
 # Metrics through the module: Serve pickles the ingress class by value, and pickled copies of
 # metric objects would not be in the replica's registry.
 from serving import metrics as meters
-from serving.schemas import Answer, Error, Models, PinRequest, Ready, RecommendRequest, SearchRequest, TaskModel
+from serving.schemas import (Answer, Error, Models, PinRequest, Ready, RecommendRequest, RefusedVersion, SearchRequest,
+                             TaskModel)
 from serving.settings import ServingSettings
 
 log = logging.getLogger("gensar.serving")
@@ -155,7 +159,8 @@ def json_body(model: type[BaseModel]) -> dict:
 # The errors each route may answer, in the spec, so clients (and the API fuzz) know them all.
 WHY = {400: "the body could not be parsed", 401: "no bearer token",
        403: "admin is off (no token configured) or the token is wrong", 404: "no such version in the registry",
-       409: "the version cannot serve; the pin is taken back", 413: "the body is over max_body_bytes"}
+       409: "the version cannot serve (the loader refused it): a pin is taken back, the serving version stays",
+       413: "the body is over max_body_bytes"}
 INVALID = {"description": "Validation Error",  # FastAPI's own, documented on routes that declare their body
            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
 
@@ -185,12 +190,16 @@ class GenSARServer:
         shared = ItemVectorStore(qdrant) if settings.dense and qdrant.url else None  # a server: the identifiers' collection
         dense = DenseIndex(catalogue, IdentifierSettings().cache_path(), loader.device, shared) if settings.dense else None
         self.engine = Engine(loader, catalogue, dense, settings.beam_size, settings.dense_k)
+        self.engine.on_refusal = self._refused
+        context = serve.get_replica_context()
+        self.replica, self.pid = context.replica_id.unique_id, os.getpid()
+        meters.REPLICA.labels(self.replica).set(1)
         self.users = UserState(settings.streams_url, settings.streams_timeout_s)
         for batched in (self._search_batch, self._recommend_batch):
             batched.set_max_batch_size(settings.max_batch_size)
             batched.set_batch_wait_timeout_s(settings.batch_wait_s)
         self.follow()  # the first versions load before the replica reports ready
-        rank = serve.get_replica_context().rank
+        rank = context.rank
         self._stagger = rank.rank * settings.swap_stagger_s if rank is not None else 0.0
         self._stop = threading.Event()
         threading.Thread(target=self._follow_loop, name="gensar-follow-registry", daemon=True).start()
@@ -203,10 +212,11 @@ class GenSARServer:
 
     # --- following the registry ---------------------------------------------------------
 
-    def follow(self) -> list[Swap]:
-        """Apply the operators' pins and the registry's decisions now."""
+    def follow(self, retry: bool | set = frozenset()) -> list[Swap]:
+        """Apply the operators' pins and the registry's decisions now; `retry`: refused
+        versions to try again (True: all)."""
         self.engine.pins = dict(read_control(self.settings.registry_dir()).pins)
-        swaps = self.engine.refresh()
+        swaps = self.engine.refresh(retry)
         for swap in swaps:
             meters.SWAPS.labels(swap.task).inc()
             meters.SWAP_LOAD.labels(swap.task).observe(swap.load_seconds)
@@ -216,6 +226,21 @@ class GenSARServer:
             for task, bundle in self.engine.slots.items():
                 meters.MODEL_VERSION.labels(task, bundle.version, bundle.idmap_version).set(1)
         return swaps
+
+    @staticmethod
+    def _refused(refusal: Refusal) -> None:
+        meters.REFUSED_VERSIONS.labels(refusal.reason).inc()
+        log.error("refused version %s for %s (%s): %s; the serving version stays", refusal.version, refusal.task,
+                  refusal.reason, refusal.detail)
+
+    def held_back(self) -> str | None:
+        """Why tasks do not serve what they should, after the last refresh, if they do not."""
+        held = self.engine.held_back
+        if not held:
+            return None
+        slots = self.engine.slots
+        return "; ".join(f"version {r.version} cannot serve {task} ({r.reason}: {r.detail}); "
+                         f"{task} serves {slots[task].version if task in slots else 'nothing'}" for task, r in held.items())
 
     def _follow_loop(self) -> None:
         try:  # loading a version yields the CPU to requests (Linux nices threads one by one)
@@ -293,11 +318,13 @@ class GenSARServer:
     async def models(self) -> Models:
         pins = self.engine.pins
         return Models(device=self.engine.loader.device, base_model=self.engine.loader.base_name,
+                      replica=self.replica, pid=self.pid,
                       tasks={task: TaskModel(version=b.version, idmap_version=b.idmap_version,
                                              pinned=bool(pins.get(task) or pins.get("joint")),
                                              load_seconds=b.load_seconds, loaded_at=b.loaded_at)
                              for task, b in self.engine.slots.items()},
-                      swaps=[vars(s) for s in self.engine.swaps])
+                      swaps=[vars(s) for s in self.engine.swaps],
+                      refused=[RefusedVersion(**vars(r)) for r in self.engine.refusals])
 
     # --- admin --------------------------------------------------------------------------
 
@@ -310,27 +337,35 @@ class GenSARServer:
         a poll interval); version null hands the task back to the registry."""
         authorize(self.settings.admin_token, credentials)
         body = await body_as(request, PinRequest)
-        if body.version is not None:
-            try:
-                self.engine.loader.registry.manifest(body.version)
-            except ValueError as exc:
-                raise HTTPException(404, str(exc)) from None
+        if body.version is not None and body.version not in self.engine.loader.registry.store.keys():
+            raise HTTPException(404, f"unknown version {body.version}")
         control = read_control(self.settings.registry_dir())
         pins = {t: v for t, v in control.pins.items() if t != body.task}
         write_control(self.settings.registry_dir(), Control(pins=pins | ({body.task: body.version} if body.version else {})))
         try:
-            await asyncio.to_thread(self.follow)
-        except Exception as exc:  # the version cannot serve: take the pin back, keep serving
+            await asyncio.to_thread(self.follow, {body.version} if body.version else frozenset())
+            refusal = self.engine.refused(body.version) if body.version else None
+            why = f"{refusal.reason}: {refusal.detail}" if refusal else None
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable registry
+            why = str(exc) or type(exc).__name__
+        if why is not None:  # the version cannot serve: take the pin back, keep serving
             write_control(self.settings.registry_dir(), control)
             self.engine.pins = dict(control.pins)
-            raise HTTPException(409, f"version {body.version} cannot serve: {exc}") from None
+            raise HTTPException(409, f"version {body.version} cannot serve ({why}); the pin is taken back")
         return await self.models()
 
-    @api.post("/admin/reload", response_model=Models, responses=errors(401, 403))
+    @api.post("/admin/reload", response_model=Models, responses=errors(401, 403, 409))
     async def reload(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Models:
-        """Re-read the registry and the pins now rather than at the next poll."""
+        """Re-read the registry and the pins now rather than at the next poll, trying refused
+        versions again; 409 when what should serve cannot (the serving versions stay)."""
         authorize(self.settings.admin_token, credentials)
-        await asyncio.to_thread(self.follow)
+        try:
+            await asyncio.to_thread(self.follow, True)
+            why = self.held_back()
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable registry
+            why = f"the registry could not be read ({str(exc) or type(exc).__name__}); the serving versions stay"
+        if why is not None:
+            raise HTTPException(409, why)
         return await self.models()
 
 
@@ -339,6 +374,8 @@ def build(args: dict | None = None):
     settings = ServingSettings(**(args or {}))
     return GenSARServer.options(
         num_replicas=settings.replicas, max_ongoing_requests=4 * settings.max_batch_size,
+        max_queued_requests=settings.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": settings.retry_after_s},
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
     ).bind(args or {})
 

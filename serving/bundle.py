@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedModel
 
+from gensar.artifacts import ArtifactError
 from identifiers.constraints import PrefixConstraint
 from identifiers.idmap import IdentifierMap, MapStore
 from learner.lora import merged
-from learner.registry import LocalArtifactStore, Registry
+from learner.registry import LocalArtifactStore, Registry, RegistryError
 from model.artifact import GenSARModel
 from model.generate import prefill, score, search
 from model.history import HistoryPrior, rank_with_history
@@ -36,7 +37,15 @@ TASKS = ("search", "rec")
 
 
 class BundleError(ValueError):
-    """A version that must not serve (wrong base model, unknown map)."""
+    """A version that must not serve, with why in one word (`reason`, a metric label):
+    corrupt (a checksum or digest of its adapter or map does not match), unknown (not in the
+    registry), wrong-base (trained against another base model), map-missing (its identifier
+    map is not in the map store), layout (its map does not fit the model's identifier layout),
+    load-failed (anything else while building it)."""
+
+    def __init__(self, message: str, reason: str = "load-failed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -134,15 +143,21 @@ class Loader:
             model, name = self.base.model, f"base:{self.base_name}"
         else:
             with tempfile.TemporaryDirectory(prefix="gensar-adapter-") as tmp:
-                manifest, path = self.registry.fetch(version, Path(tmp))  # checksums verified
+                try:
+                    manifest, path = self.registry.fetch(version, Path(tmp))  # checksums verified
+                except ArtifactError as exc:
+                    raise BundleError(f"version {version} is damaged: {exc}", "corrupt") from None
+                except RegistryError as exc:
+                    raise BundleError(str(exc), "unknown") from None
                 if manifest.base_model != self.base_name:
                     raise BundleError(f"version {version} sits on base model {manifest.base_model!r}, "
-                                      f"this replica serves {self.base_name!r}")
+                                      f"this replica serves {self.base_name!r}", "wrong-base")
+                idmap = self._map(version, manifest.idmap_version)  # before the merge: a refusal costs no merge
                 model = merged(self.base.model, path).to(self.device)
-            idmap = self.maps.load(manifest.idmap_version)
             name = version
         if IdLayout.of(idmap) != self.base.vocab.layout:
-            raise BundleError(f"map {idmap.version} has layout {IdLayout.of(idmap)}, the model {self.base.vocab.layout}")
+            raise BundleError(f"map {idmap.version} has layout {IdLayout.of(idmap)}, the model {self.base.vocab.layout}",
+                              "layout")
         constraints, genre_group = genre_constraints(idmap, self.catalogue, self.device)
         renderer = Renderer(self.base.vocab, idmap, None, {}, self.base.render)  # no dataset: requests only
         bundle = Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior, self.decode_chunk)
@@ -150,3 +165,12 @@ class Loader:
             bundle.decode(task, [renderer.source(task, [], "warm up")], np.zeros(1, np.int64), self.beams)
         return Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior, self.decode_chunk,
                       time.perf_counter() - started)
+
+    def _map(self, version: str, idmap_version: str) -> IdentifierMap:
+        if idmap_version not in self.maps.versions():
+            raise BundleError(f"version {version} needs identifier map {idmap_version}, which is not in {self.maps.root}",
+                              "map-missing")
+        try:
+            return self.maps.load(idmap_version)
+        except ArtifactError as exc:
+            raise BundleError(f"identifier map {idmap_version} of version {version} is damaged: {exc}", "corrupt") from None

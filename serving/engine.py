@@ -9,6 +9,12 @@ ends. Search and recommendation each follow their own version (a per-task adapte
 registry, else the joint one, else the base model), so each task swaps independently; when
 both want the same version they share one bundle.
 
+A version that cannot serve (damaged, on another base model, its map missing: the loader's
+BundleError) is refused: the task keeps what it serves (a replica that serves nothing yet
+takes the next version in line: the registry's earlier promotions, then the base model), the
+refusal is kept for /models and the version is not tried again until the registry's decisions
+change or an operator pins or reloads it.
+
 Users without usable history (none, or only items the map does not know) are answered from
 their search history when they have one (the latest query, decoded as a search), else by
 popularity.
@@ -19,12 +25,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
+from gensar.artifacts import ArtifactError
 from gensar.events import HistoryEntry
-from serving.bundle import TASKS, Bundle, Loader
+from serving.bundle import TASKS, Bundle, BundleError, Loader
 from serving.catalogue import Catalogue
 from serving.dense import DenseIndex, fuse
 from serving.schemas import Answer, Item
@@ -52,6 +60,15 @@ class Swap:
     at: float
 
 
+@dataclass(frozen=True)
+class Refusal:
+    version: str  # the bundle name (a registry version, or base:<name>)
+    task: str  # the task that wanted it
+    reason: str  # BundleError.reason: corrupt | unknown | wrong-base | map-missing | layout | load-failed
+    detail: str
+    at: float
+
+
 def item_history(item_ids) -> tuple[HistoryEntry, ...]:
     """A history of interactions only, from item ids oldest first (a request's own history)."""
     return tuple(HistoryEntry(item_id=i, timestamp=0) for i in item_ids)
@@ -71,62 +88,124 @@ class Engine:
         self.pins: dict[str, str | None] = {}  # "joint" | "search" | "rec" -> version
         self.swaps: list[Swap] = []
         self._seen_log: list[bytes] | None = None
-        self._registry_cache: dict[str, str | None] = {}
+        self._registry_cache: dict[str, list[str]] = {}
         self._refreshing = threading.Lock()
+        self.refusals: list[Refusal] = []  # the latest refusals, newest last
+        self.held_back: dict[str, Refusal] = {}  # task -> why it does not serve its first choice
+        self._refused: dict[str, Refusal] = {}  # bundle name -> its refusal, not retried until the registry changes
+        self.on_refusal: Callable[[Refusal], None] | None = None  # called once per refusal (metrics, log)
 
     # --- what serves --------------------------------------------------------------------
 
-    def wanted(self) -> dict[str, str | None]:
-        """Per task: its pin, else the joint pin, else the registry's version for the task, else
-        the registry's joint one, else None (the base model)."""
+    def wanted(self) -> dict[str, list[str | None]]:
+        """Per task, what should serve, first choice first: its pin, else the joint pin (a pin
+        is the only choice); else the registry's promoted versions for the task newest first,
+        then its joint ones, then None (the base model). A refused version gives way to the
+        next, down to what the task serves now."""
         registry = self._registry_choice()
-        return {task: self.pins.get(task) or self.pins.get("joint") or registry[task] or registry["joint"]
-                for task in TASKS}
+        out = {}
+        for task in TASKS:
+            pin = self.pins.get(task) or self.pins.get("joint")
+            out[task] = [pin] if pin else list(dict.fromkeys([*registry[task], *registry["joint"], None]))
+        return out
 
-    def _registry_choice(self) -> dict[str, str | None]:
-        """The registry's serving version per task, recomputed only when its decision log
-        changed (working it out verifies every version's manifest: too much for every poll)."""
+    def _registry_choice(self) -> dict[str, list[str]]:
+        """The registry's promoted versions per task, recomputed only when its decision log
+        changed (working it out verifies every version's artifact: too much for every poll).
+        A change also forgets the refusals: each refused version is tried once more."""
         registry = self.loader.registry
         log = registry.store.lines("decisions.jsonl")
         if log != self._seen_log:
-            self._registry_cache = {task: registry.serving(task) for task in ("joint", *TASKS)}
+            self._registry_cache = registry.promoted()
             self._seen_log = log
+            self._refused = {}
         return self._registry_cache
 
     def bundle_name(self, version: str | None) -> str:
         return version or f"base:{self.loader.base_name}"
 
     def due(self) -> bool:
-        """Would `refresh` swap anything?"""
-        return any(self.slots.get(t) is None or self.slots[t].version != self.bundle_name(v) for t, v in self.wanted().items())
-
-    def refresh(self) -> list[Swap]:
-        """Load what should serve but does not, beside what serves, then swap it in."""
-        with self._refreshing:
-            done = []
-            for task, version in self.wanted().items():
+        """Would `refresh` swap anything (or try a version not refused yet)?"""
+        for task, candidates in self.wanted().items():
+            serving = self.slots[task].version if task in self.slots else None
+            for version in candidates:
                 name = self.bundle_name(version)
+                if name == serving:
+                    break
+                if name not in self._refused:
+                    return True
+        return False
+
+    def refresh(self, retry: bool | Iterable[str | None] = ()) -> list[Swap]:
+        """Load what should serve but does not, beside what serves, then swap it in. A version
+        that fails to load is refused (kept in `refusals`, handed to `on_refusal`) and the
+        task keeps what it serves; `retry`: versions (True: all) to try again even if refused."""
+        with self._refreshing:
+            wanted = self.wanted()
+            if retry is True:
+                self._refused = {}
+            else:
+                for version in retry:
+                    self._refused.pop(self.bundle_name(version), None)
+            done, held = [], {}
+            for task, candidates in wanted.items():
                 old = self.slots.get(task)
-                if old is not None and old.version == name:
-                    continue
-                shared = next((b for b in self.slots.values() if b.version == name), None)
-                bundle = shared or self.loader.load(version)
-                started = time.perf_counter()
-                self.slots = {**self.slots, task: bundle}  # the swap: one reference
-                swap = Swap(task, old.version if old else None, name, 0.0 if shared else bundle.load_seconds,
-                            time.perf_counter() - started, time.time())
-                done.append(swap)
+                for version in candidates:
+                    name = self.bundle_name(version)
+                    if old is not None and old.version == name:
+                        break
+                    refusal = self._refused.get(name)
+                    if refusal is None:
+                        shared = next((b for b in self.slots.values() if b.version == name), None)
+                        try:
+                            bundle = shared or self.loader.load(version)
+                        except Exception as exc:  # noqa: BLE001 - whatever it is, this version does not serve
+                            refusal = self._refuse(name, task, exc)
+                        else:
+                            started = time.perf_counter()
+                            self.slots = {**self.slots, task: bundle}  # the swap: one reference
+                            done.append(Swap(task, old.version if old else None, name,
+                                             0.0 if shared else bundle.load_seconds, time.perf_counter() - started,
+                                             time.time()))
+                            break
+                    held.setdefault(task, refusal)
                 del old  # batches still holding it keep it alive until they finish
+            self.held_back = held
             self.swaps = (self.swaps + done)[-50:]
             if done and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return done
 
+    def _refuse(self, name: str, task: str, exc: Exception) -> Refusal:
+        refusal = Refusal(name, task, exc.reason if isinstance(exc, BundleError) else "load-failed",
+                          str(exc) or type(exc).__name__, time.time())
+        self._refused = {**self._refused, name: refusal}
+        self.refusals = (self.refusals + [refusal])[-20:]
+        if self.on_refusal is not None:
+            self.on_refusal(refusal)
+        return refusal
+
+    def refused(self, version: str | None) -> Refusal | None:
+        """Why `version` keeps a task from serving it after the last refresh, if it does."""
+        name = self.bundle_name(version)
+        return next((r for r in self.held_back.values() if r.version == name), None)
+
     def pin(self, task: str, version: str | None) -> list[Swap]:
+        """Serve `version` for `task` (None: the registry decides again); a version that
+        cannot serve is refused (BundleError) and the pins stay as they were."""
         if version is not None:
-            self.loader.registry.manifest(version)  # unknown versions fail here, not at load
+            try:
+                self.loader.registry.manifest(version)  # unknown versions fail here, not at load
+            except ArtifactError:
+                pass  # damaged: refused below, with its reason
+        before = self.pins
         self.pins = {**self.pins, task: version}
-        return self.refresh()
+        swaps = self.refresh(retry=[version])
+        refusal = self.refused(version) if version is not None else None
+        if refusal is not None:
+            self.pins = before
+            raise BundleError(f"version {version} cannot serve: {refusal.detail}", refusal.reason)
+        return swaps
 
     # --- answering ----------------------------------------------------------------------
 

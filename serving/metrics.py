@@ -13,8 +13,12 @@ BATCH_SIZE = Histogram("gensar_serve_batch_size", "Queries decoded per batch", [
 SWAPS = Counter("gensar_serve_swaps_total", "Versions swapped in, by task", ["task"])
 SWAP_LOAD = Histogram("gensar_serve_swap_load_seconds", "Building a version beside the serving one (fetch, merge, map, "
                       "constraint, warm-up)", ["task"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-REFRESH_ERRORS = Counter("gensar_serve_refresh_errors_total", "Registry reads or version loads that failed "
-                         "(the serving version stays)")
+REFRESH_ERRORS = Counter("gensar_serve_refresh_errors_total", "Registry reads that failed while following it "
+                         "(the serving version stays; a version that fails to load is counted as refused)")
+REPLICA = Gauge("gensar_serve_replica_info", "1, labelled with the Serve replica these metrics are of", ["replica"])
+REFUSED_VERSIONS = Counter("gensar_serve_refused_versions_total", "Versions the loader refused to serve (the serving "
+                           "version stays), by reason: corrupt, unknown, wrong-base, map-missing, layout, load-failed",
+                           ["reason"])
 USER_STATE_ERRORS = Counter("gensar_serve_user_state_errors_total", "User-state reads that failed or timed out "
                             "(answered as for a user without history)")
 USER_STATE_SECONDS = Histogram("gensar_serve_user_state_seconds", "User-state read latency",

@@ -55,11 +55,23 @@ class TaskModel(BaseModel):
     loaded_at: float
 
 
+class RefusedVersion(BaseModel):
+    version: str
+    task: str = Field(description="the task that wanted it")
+    reason: Literal["corrupt", "unknown", "wrong-base", "map-missing", "layout", "load-failed"]
+    detail: str = Field(description="what the loader found, for a person to read")
+    at: float
+
+
 class Models(BaseModel):
     device: str
     base_model: str
+    replica: str = Field(description="the Serve replica that answered (each replica follows the registry itself)")
+    pid: int = Field(description="its process")
     tasks: dict[str, TaskModel]  # "search", "rec"
     swaps: list[dict]  # the latest swaps of this replica, newest last
+    refused: list[RefusedVersion] = Field(description="the latest versions this replica refused to serve, newest "
+                                          "last; the task kept what it served")
 
 
 class Error(BaseModel):

@@ -50,6 +50,11 @@ class ServingSettings(BaseSettings):
     replicas: int = Field(1, ge=1, le=64)
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
+    # Back-pressure: a request that would wait behind this many others queued for a replica
+    # (at the proxy) is answered 503 with Retry-After at once instead of waiting (Ray Serve's
+    # max_queued_requests, backpressure_config); -1: no limit.
+    max_queued_requests: int = Field(256, ge=-1)
+    retry_after_s: float = Field(1.0, ge=0, le=600)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # Where versions come from: the registry (<state_dir>/registry), identifier maps

@@ -15,7 +15,6 @@ import secrets
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -36,34 +35,18 @@ from learner.registry import LocalArtifactStore, Registry
 from serving.schemas import Answer
 from serving.settings import ServingSettings
 from streams.views import UserHistory
+from bench.serving_load import UserStandIn
 from test_serving_engine import NEW_ITEM, build_world
 
 TOKEN = "test-admin-token"
 
 
-class UserTables(ThreadingHTTPServer):
-    """The stream workers' read contract (streams.views: GET /users/{id}/history, 404 for a
-    user never seen), served from a dict the test updates as the workers update their table."""
+class UserTables(UserStandIn):
+    """The stream workers' read contract (bench.serving_load.UserStandIn), served from a dict
+    the test updates as the workers update their table."""
 
     def __init__(self):
-        self.histories: dict[str, dict] = {}
-        tables = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                parts = self.path.strip("/").split("/")
-                found = tables.histories.get(parts[1]) if len(parts) == 3 and parts[0] == "users" else None
-                body = json.dumps(found or {"error": "not found"}).encode()
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__({})
 
     def click(self, user_id: str, item_id: str) -> None:
         h = UserHistory.model_validate(self.histories.get(user_id) or dict(
