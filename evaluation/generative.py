@@ -17,8 +17,8 @@ from evaluation.protocols import Case
 from identifiers.constraints import PrefixConstraint
 from model.artifact import GenSARModel
 from evaluation.metrics import expected_metrics, rank_counts
-from model.generate import beam_search, score_ids
-from model.history import HistoryPrior, rank_with_history, row_features
+from model.generate import score_ids
+from model.history import HistoryPrior, decode_with_history, row_features
 from model.tasks import Renderer
 
 
@@ -39,10 +39,10 @@ class GenerativeSystem:
         self._full = None
 
     def constraint(self) -> PrefixConstraint:
-        """Over the catalogue (one group)."""
+        """Over the catalogue's items that have an identifier (one group), yielding map rows."""
         if self._full is None:
             coded = np.flatnonzero(self.eval_rows >= 0)
-            self._full = PrefixConstraint(self.codes[coded], self.codebook_size, rows=self.eval_rows[coded])
+            self._full = PrefixConstraint(self.codes[coded], self.codebook_size, rows=coded)
         return self._full
 
     def sources(self, cases: Sequence[Case]) -> list[tuple[int, ...]]:
@@ -73,15 +73,11 @@ class GenerativeSystem:
     def full_parts(self, cases: Sequence[Case], prior: HistoryPrior) -> tuple[np.ndarray, np.ndarray]:
         """Beam search over the catalogue plus the items `prior` lifts -> map rows and scores
         (N, M), best first."""
-        sources = self.sources(cases)
-        ranked = beam_search(self.gm.model, self.gm.vocab, self.task, sources, self.constraint(),
-                             beam_size=self.beam_size, batch_size=self.batch_size)
-        beam_rows = np.where(ranked.rows >= 0, self.map_rows[ranked.rows.clip(min=0)], -1)  # eval -> map rows
         idmap = self.renderer.idmap
         row_of = {i: r for i, r in zip(idmap.item_ids, range(len(idmap))) if self.eval_rows[r] >= 0}
-        return rank_with_history(lambda codes: score_ids(self.gm.model, self.gm.vocab, self.task, sources, codes),
-                                 self.task, [c.history for c in cases], beam_rows, ranked.scores, self.codes,
-                                 idmap.item_ids, row_of, prior)
+        return decode_with_history(self.gm.model, self.gm.vocab, self.task, self.sources(cases), self.constraint(),
+                                   np.zeros(len(cases), np.int64), self.beam_size, self.batch_size,
+                                   [c.history for c in cases], self.codes, idmap.item_ids, row_of, prior)
 
 
 SEARCH_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)

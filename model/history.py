@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gensar.data import UserEvent
 from gensar.events import HistoryEntry
+from model.generate import prefill, score, search
 from model.tasks import item_and_query
 
 # Items a positive weight may lift into a ranking, per kind: the most searched, the most
@@ -83,7 +84,7 @@ def rank_with_history(score: Callable[[np.ndarray], np.ndarray], task: str,
     """A beam's rows (B, W) and log-likelihoods, plus the history items the prior lifts
     (scored exactly), each shifted by the prior and sorted best first -> (rows, scores),
     (B, W + H), -1 / -inf past the last. score(codes (B, H, L)) -> (B, H) log-likelihoods of
-    the lifted items' identifiers (model.generate: score_ids, or score on the beam's own
+    the lifted items' identifiers (decode_with_history scores them on the beam's own
     prefix); codes (n_rows, L): the task's identifier of each map row; row_of: item id ->
     map row; allowed(b, row) -> bool filters lifted rows."""
     weights = np.array(prior.of(task))
@@ -107,3 +108,24 @@ def rank_with_history(score: Callable[[np.ndarray], np.ndarray], task: str,
             scores[b, known] += row_features(history, rows[b, known], item_ids) @ weights
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def decode_with_history(model, vocab, task: str, sources: Sequence[Sequence[int]], constraint, groups: np.ndarray,
+                        beam_size: int, batch_size: int, histories: Sequence[Sequence[UserEvent | HistoryEntry]],
+                        codes: np.ndarray, item_ids: Sequence[str], row_of: dict[str, int], prior: HistoryPrior,
+                        allowed=None) -> tuple[np.ndarray, np.ndarray]:
+    """Constrained beam search, then rank_with_history, `batch_size` requests at a time; the
+    lifted items are scored on the beam's own prefix (one prefill per request) -> (rows,
+    scores) (B, W'), best first, -1 / -inf past the last. allowed(b, row): b over all sources."""
+    parts = []
+    for start in range(0, len(sources), batch_size):
+        chunk = slice(start, start + batch_size)
+        prefix = prefill(model, sources[chunk], vocab.pad_id)
+        ranked = search(model, vocab, task, prefix, constraint, groups[chunk], beam_size)
+        parts.append(rank_with_history(
+            lambda c: score(model, vocab, task, prefix, c), task, histories[chunk], ranked.rows, ranked.scores, codes,
+            item_ids, row_of, prior, None if allowed is None else lambda b, row, start=start: allowed(start + b, row)))
+    width = max(r.shape[1] for r, _ in parts)
+    rows = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-1) for r, _ in parts])
+    scores = np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=-np.inf) for _, x in parts])
+    return rows, scores

@@ -26,8 +26,7 @@ from identifiers.idmap import IdentifierMap, MapStore
 from learner.lora import merged
 from learner.registry import LocalArtifactStore, Registry, RegistryError
 from model.artifact import GenSARModel
-from model.generate import prefill, score, search
-from model.history import HistoryPrior, rank_with_history
+from model.history import HistoryPrior, decode_with_history
 from model.tasks import Renderer
 from model.vocab import IdLayout
 from serving.catalogue import Catalogue
@@ -72,30 +71,16 @@ class Bundle:
         beam did not reach and that the request's genre filter allows. The lifted items are
         scored on the beam's own prefix: one prefill per request."""
         beams = min(beams, len(self.idmap))
-        vocab, codes = self.renderer.vocab, self.idmap.search_codes if task == "search" else self.idmap.rec_codes
-        use_prior = histories is not None and any(self.prior.of(task))
+        codes = self.idmap.search_codes if task == "search" else self.idmap.rec_codes
         members = self.constraints[task]
-        parts_ = []
-        for start in range(0, len(sources), self.decode_chunk):
-            chunk = slice(start, start + self.decode_chunk)
-            prefix = prefill(self.model, sources[chunk], vocab.pad_id)
-            ranked = search(self.model, vocab, task, prefix, members, groups[chunk], beams)
-            if not use_prior:
-                parts_.append((ranked.rows, ranked.scores))
-                continue
-            own = groups[chunk]
+        prior = self.prior if histories is not None else HistoryPrior()  # no history: the beam alone
 
-            def allowed(b: int, row: int) -> bool:
-                return own[b] == 0 or bool(members.contains(codes[row][None], np.array([own[b]]))[0])
+        def allowed(b: int, row: int) -> bool:
+            return groups[b] == 0 or bool(members.contains(codes[row][None], np.array([groups[b]]))[0])
 
-            parts_.append(rank_with_history(lambda c: score(self.model, vocab, task, prefix, c), task,
-                                            histories[chunk], ranked.rows, ranked.scores, codes, self.idmap.item_ids,
-                                            self.row_of, self.prior, allowed))
-        width = max(r.shape[1] for r, _ in parts_)
-        rows = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-1) for r, _ in parts_])
-        scores = np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=-np.inf)
-                                 for _, x in parts_])
-        return rows, scores
+        return decode_with_history(self.model, self.renderer.vocab, task, sources, members, groups, beams,
+                                   self.decode_chunk, histories or [()] * len(sources), codes, self.idmap.item_ids,
+                                   self.row_of, prior, allowed)
 
     @cached_property
     def row_of(self) -> dict[str, int]:
