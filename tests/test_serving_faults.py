@@ -188,7 +188,8 @@ class Load:
     def __init__(self, base_url, clients: int = CLIENTS, path: str = "/recommend", body=None):
         self.records: list[tuple[float, float, int, dict | str]] = []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(base_url, path, body or BODY)) for _ in range(clients)]
+        self.threads = [threading.Thread(target=self._client, args=(base_url, path, body or BODY), daemon=True)
+                        for _ in range(clients)]
 
     def _client(self, base_url, path, body):
         with httpx.Client(base_url=base_url, timeout=60) as c:
@@ -336,21 +337,28 @@ def test_an_overload_is_a_503_with_retry_after_not_a_hang(faults):
     client, *_ = faults
     burst = 2 * 4 * 8 + QUEUED + 120  # ongoing on both replicas + the proxy's queue + 120 more, at once
     heavy = {**BODY, "k": 100}  # 100 beams: the replicas hold each request long enough for the queue to fill
-    results, gate = [], threading.Barrier(burst)
+    results, gate = [], threading.Barrier(burst, timeout=120)
+    # Connected one by one beforehand, so the posts arrive together. A burst of warm-up calls would
+    # itself overflow the proxy's queue (those 503s are the behaviour under test, not set-up).
+    clients = [httpx.Client(base_url=client.base_url, timeout=60) for _ in range(burst)]
+    for c in clients:
+        c.get("/healthz").raise_for_status()
 
-    def one():
-        with httpx.Client(base_url=client.base_url, timeout=60) as c:
-            c.get("/healthz").raise_for_status()  # connected beforehand: the requests arrive together
-            gate.wait()
-            started = time.monotonic()
-            r = c.post("/recommend", json=heavy)
-            results.append((r.status_code, r.headers.get("retry-after"), time.monotonic() - started))
+    def one(c: httpx.Client):
+        gate.wait()
+        started = time.monotonic()
+        r = c.post("/recommend", json=heavy)
+        results.append((r.status_code, r.headers.get("retry-after"), time.monotonic() - started))
 
-    threads = [threading.Thread(target=one) for _ in range(burst)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in clients]  # daemon: a failure cannot hold the interpreter
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+    finally:
+        for c in clients:
+            c.close()
     refused = [r for r in results if r[0] == 503]
     assert len(results) == burst and {r[0] for r in results} <= {200, 503}, sorted({r[0] for r in results})
     assert refused and all(r[1] == "1" for r in refused), refused[:3]  # Retry-After: retry_after_s
