@@ -1,15 +1,78 @@
 """Typed settings shared by every part. Environment variables use the GENSAR_ prefix and
-`__` for nesting (e.g. GENSAR_KAFKA__BOOTSTRAP_SERVERS); unknown keys are an error."""
+`__` for nesting (e.g. GENSAR_KAFKA__BOOTSTRAP_SERVERS); an unknown GENSAR_* variable is an
+error that names it and the nearest valid name (StrictSettings)."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from pathlib import Path
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Every settings class's environment prefix, so the root class can tell a part's variable
+# (GENSAR_SERVING__PORT) from a typo (GENSAR_SERVNG__PORT) without importing the parts.
+ROOT_PREFIX = "GENSAR_"
+PART_PREFIXES = ("GENSAR_STREAMS__", "GENSAR_SERVING__", "GENSAR_LEARNER__", "GENSAR_REGISTRY__",
+                 "GENSAR_IDS__", "GENSAR_QDRANT__")
+
+
+class SettingsError(ValueError):
+    """An environment variable under a settings prefix that names no setting."""
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> list[str]:
+    """Every environment variable `model` reads under `prefix`, nested models spelled with `__`."""
+    names = []
+    for field, info in model.model_fields.items():
+        name = f"{prefix}{field}".upper()
+        names.append(name)
+        nested = [t for t in (info.annotation, *typing.get_args(info.annotation))
+                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        if nested:
+            names += _env_names(nested[0], name + "__")
+    return names
+
+
+class StrictSettings(BaseSettings):
+    """Settings read from the environment that refuse what they do not know. pydantic-settings
+    reads only the variables it has a field for and ignores the rest, so a typo would
+    silently leave the default in place; here it fails at start, as a typo in code would."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs):
+        super().__pydantic_init_subclass__(**kwargs)
+        prefix = cls.model_config.get("env_prefix", "")
+        if prefix and prefix != ROOT_PREFIX and prefix not in PART_PREFIXES:
+            raise TypeError(f"{cls.__name__}: env prefix {prefix!r} is not in gensar.settings.PART_PREFIXES")
+
+    def __init__(self, **values):
+        # Checked before pydantic reads anything, and raised as itself (pydantic would wrap an
+        # error from a validator in a ValidationError that shows the values, secrets included).
+        self._refuse_unknown_variables()
+        super().__init__(**values)
+
+    @classmethod
+    def _refuse_unknown_variables(cls) -> None:
+        prefix = cls.model_config["env_prefix"]
+        if not prefix:
+            raise TypeError(f"{cls.__name__} has no env_prefix: a strict settings class owns a prefix")
+        valid = set(_env_names(cls, prefix))
+        others = PART_PREFIXES if prefix == ROOT_PREFIX else ()
+        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in valid
+                         and not k.upper().startswith(others))
+        if unknown:
+            def nearest(name: str) -> str:
+                close = difflib.get_close_matches(name.upper(), sorted(valid), n=1, cutoff=0.6)
+                return f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(f"unknown setting{'s' * (len(unknown) > 1)} in the environment: "
+                                + ", ".join(f"{k}{nearest(k)}" for k in unknown))
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -66,10 +129,8 @@ class BrokerSettings(BaseModel):
     heap: str = "512m"  # ample for one node on a 2-core machine
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="GENSAR_", env_nested_delimiter="__", extra="forbid"
-    )
+class Settings(StrictSettings):
+    model_config = SettingsConfigDict(env_prefix=ROOT_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state") / "gensar")
     cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "gensar")

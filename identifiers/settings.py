@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from gensar.settings import Settings
+from gensar.settings import Settings, StrictSettings
 
 
-class QdrantSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSAR_QDRANT__", extra="forbid")
+class QdrantSettings(StrictSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_QDRANT__")
 
     url: str | None = None  # a Qdrant server, e.g. http://qdrant:6333; None: embedded local mode at `path`
     path: Path | None = None  # embedded mode's persistent folder; default <state_dir>/qdrant
@@ -26,8 +26,8 @@ class QdrantSettings(BaseSettings):
         return self.path or Settings().state_dir / "qdrant"
 
 
-class IdentifierSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSAR_IDS__", extra="forbid")
+class IdentifierSettings(StrictSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_IDS__")
 
     device: str = "cpu"  # torch device for the RQ-VAE and item2vec ("cuda" where there is a GPU)
     # CPU threads for torch during a build. One by default: on a shared 2-core machine a

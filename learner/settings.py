@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from gensar.settings import StrictSettings
 
 
 class LoraSettings(BaseModel):
@@ -42,8 +44,8 @@ class CollaborativeSettings(BaseModel):
     cold_start_neighbours: int = Field(10, ge=1)  # semantic neighbours lending a new item its collaborative vector
 
 
-class LearnerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSAR_LEARNER__", env_nested_delimiter="__", extra="forbid")
+class LearnerSettings(StrictSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_LEARNER__")
 
     # Schedule: refresh after this many new samples, or this long after the last refresh
     # once at least `min_samples` arrived, whichever comes first.
@@ -68,8 +70,8 @@ class LearnerSettings(BaseSettings):
     seed: int = 0
 
 
-class RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSAR_REGISTRY__", extra="forbid")
+class RegistrySettings(StrictSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_REGISTRY__")
 
     uri: str | None = None  # a directory path; None: <state_dir>/registry
 

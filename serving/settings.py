@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from gensar.settings import Settings
+from gensar.settings import Settings, StrictSettings
 
 # Hard limits of the request schema (published in the OpenAPI spec); settings may lower them.
 K_LIMIT = 100
@@ -18,8 +18,8 @@ QUERY_LIMIT = 512  # characters
 HISTORY_LIMIT = 200  # item ids in a request's explicit history
 
 
-class ServingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSAR_SERVING__", extra="forbid")
+class ServingSettings(StrictSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_SERVING__")
 
     # Admin operations (pin, reload) need `Authorization: Bearer <token>`; without a token
     # configured they are refused outright. A blank token counts as none: an optional Secret

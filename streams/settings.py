@@ -4,19 +4,18 @@ shared ones (gensar.settings.KafkaSettings)."""
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from gensar.settings import Settings
+from gensar.settings import Settings, StrictSettings
 
 
-class StreamSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSAR_STREAMS__", extra="forbid")
+class StreamSettings(StrictSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSAR_STREAMS__")
 
     # How much of a user's past each table entry and each training sample carries.
     history_length: int = Field(50, ge=1, le=1000)  # interacted items (the paper's sequences are <= 50)
@@ -50,15 +49,6 @@ class StreamSettings(BaseSettings):
     catalogue_wait_s: float = Field(10.0, ge=0, le=600)
     lag_interval_s: float = Field(2.0, gt=0, le=600)  # how often consumer lag is measured
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    def model_post_init(self, _context) -> None:
-        # pydantic-settings ignores environment variables it has no field for; a typo
-        # there must fail as loudly as one in code.
-        prefix = self.model_config["env_prefix"]
-        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix)
-                         and k[len(prefix):].lower() not in type(self).model_fields)
-        if unknown:
-            raise ValueError(f"unknown stream setting(s) in the environment: {', '.join(unknown)}")
 
     def advertised_url(self) -> str:
         host = self.web_advertised_host or self.web_host

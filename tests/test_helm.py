@@ -411,7 +411,8 @@ def _settings_classes() -> list[type[BaseSettings]]:
     for path in sorted(ROOT.glob("*/settings.py")):
         module = importlib.import_module(f"{path.parent.name}.settings")
         classes += [c for c in vars(module).values()
-                    if isinstance(c, type) and issubclass(c, BaseSettings) and c.__module__ == module.__name__]
+                    if isinstance(c, type) and issubclass(c, BaseSettings) and c.__module__ == module.__name__
+                    and c.model_config.get("env_prefix")]  # StrictSettings itself is a base, not read
     return classes
 
 
