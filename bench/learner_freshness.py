@@ -2,7 +2,7 @@
 production until the first promoted adapter that was trained on it.
 
 Everything is real and on loopback: a Kafka broker (KRaft), one stream worker process
-(`python -m streams run`), and the learner as `python -m gensar.cli learner` on its own
+(`python -m streams run`), and the learner as `python -m cli.main learner` on its own
 local Ray cluster, with `LearnerSettings` defaults (refresh every 2,000 samples, or every
 300 s with at least 200; window 4,096, replay 8,192, hold-out 0.15, 2 epochs; the
 collaborative updater too when the learner has one). `--epochs` overrides only the
@@ -424,7 +424,7 @@ def main() -> None:
 
         def start_learner() -> subprocess.Popen:
             with open(root / "learner.log", "ab") as learner_log:
-                return subprocess.Popen([sys.executable, "-m", "gensar.cli", "learner", "--base", BASE_NAME,
+                return subprocess.Popen([sys.executable, "-m", "cli.main", "learner", "--base", BASE_NAME,
                                          "--data", str(world.data_dir)], env=env, stdout=learner_log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                         cwd=REPO)

@@ -1,4 +1,5 @@
-"""The `gensar` command."""
+"""The `gensar` command (`python -m cli.main`). It sits above the core and every part: it
+imports them, nothing imports it (tests/test_architecture.py)."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ class Stack:
             "refresh_every_samples", "min_samples", "window", "replay", "refresh_every_seconds", "metrics_port"}).items()}
         env["GENSAR_LEARNER__TRAINING__EPOCHS"] = str(s.learner_epochs)
         env["RAY_ADDRESS"] = self.ray_address
-        self._spawn("learner", [sys.executable, "-m", "gensar.cli", "learner", "--base", self.base_name,
+        self._spawn("learner", [sys.executable, "-m", "cli.main", "learner", "--base", self.base_name,
                                 "--data", str(self.data_dir)], env)
         self._start_serve()  # the learner's start overlaps the replica's model loading
         wait_for(lambda: httpx.get(f"{self.streams_url}/users/nobody/history", timeout=1).status_code == 404, 120,

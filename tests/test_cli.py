@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from gensar.cli import app
+from cli.main import app
 from infra.ports import free_port
 
 runner = CliRunner()

@@ -38,7 +38,7 @@ def processes_of(state_dir: str) -> list[str]:
 @pytest.mark.timeout(1200)
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(bundled_data, tmp_path):
     state = str(tmp_path / "state")
-    command = [sys.executable, "-m", "gensar.cli", "demo", "--quick", "--data", str(bundled_data), "--state-dir", state]
+    command = [sys.executable, "-m", "cli.main", "demo", "--quick", "--data", str(bundled_data), "--state-dir", state]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     progress = tmp_path / "state" / "demo" / "progress.json"
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))

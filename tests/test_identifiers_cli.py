@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from gensar.cli import app
+from cli.main import app
 
 
 def test_ids_build_then_stats(tmp_path, monkeypatch):

@@ -128,7 +128,7 @@ def test_a_learner_stopped_mid_refresh_publishes_nothing_and_resumes(world, kafk
            "GENSAR_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "GENSAR_REGISTRY__URI": str(tmp_path / "registry"),
            "GENSAR_LEARNER__REFRESH_EVERY_SAMPLES": "100", "GENSAR_LEARNER__METRICS_PORT": "0",
            "GENSAR_LEARNER__DEVICE": "cpu", "GENSAR_LEARNER__TRAINING__EPOCHS": "200", "RAY_ADDRESS": ""}
-    cmd = [sys.executable, "-m", "gensar.cli", "learner", "--base", "tiny", "--idmap", str(idmap_path),
+    cmd = [sys.executable, "-m", "cli.main", "learner", "--base", "tiny", "--idmap", str(idmap_path),
            "--max-refreshes", "1", "--data", str(tmp_path)]
     (tmp_path / "movies.csv").write_text("movieId,title,genres\n" + "".join(
         f"{i},{item.title},{item.fields.get('genres', '')}\n" for i, item in ds.items.items()))

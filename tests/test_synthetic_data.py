@@ -149,7 +149,7 @@ def test_full_size_is_fast():
 
 
 def test_cli_synth_then_stats(tmp_path):
-    from gensar.cli import app
+    from cli.main import app
 
     runner = CliRunner()
     out = tmp_path / "cli"
