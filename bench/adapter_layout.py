@@ -43,6 +43,7 @@ from evaluation.generative import GenerativeSystem
 from evaluation.protocols import paper_candidates
 from evaluation.report import markdown_table, result_rows
 from gensar.events import TrainingSample
+from gensar.layout import Layout
 from gensar.machine import machine
 from gensar.settings import Settings
 from identifiers.semantic import item_texts
@@ -126,9 +127,10 @@ def main() -> None:
     root = args.state.resolve()
     (root / "demo").mkdir(parents=True, exist_ok=True)
     world = prepare_world((args.data or settings.data_dir).resolve(), root, FULL.model_copy(update={"replay_events": None}))
-    idmap = ensure_identifiers(world, root, FULL, log)
-    ensure_base_model(world, idmap, root, FULL, log)
-    base = GenSARModel.load(root / "models" / "base" / BASE_NAME)
+    layout = Layout.under(root)
+    idmap = ensure_identifiers(world, layout, FULL, log)
+    ensure_base_model(world, idmap, layout, FULL, log)
+    base = GenSARModel.load(layout.base_model(BASE_NAME))
     renderer = Renderer(base.vocab, idmap, world.ds, item_texts(world.ds, []), base.render)
     per_event = stream_samples(world.bootstrap, world.stream, StreamSettings())
     train = [s for samples in per_event[: args.train_events] for s in samples]

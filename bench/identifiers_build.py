@@ -25,6 +25,7 @@ import numpy as np
 from bench.output import write_results
 from gensar import data
 from gensar.events import InteractionEvent
+from gensar.layout import Layout
 from gensar.machine import machine
 from gensar.settings import BUNDLED_DATA
 from identifiers.assign import add_items, coder
@@ -32,7 +33,7 @@ from identifiers.build import BuildConfig, build_identifiers, torch_threads
 from identifiers.collaborative import next_item_hit_rate, user_sequences
 from identifiers.idmap import IdentifierMap
 from identifiers.semantic import SemanticEncoder, item_texts
-from identifiers.settings import IdentifierSettings, QdrantSettings
+from identifiers.settings import IdentifierSettings
 from identifiers.vectors import ItemVectorStore
 
 NEW_ITEMS = 500
@@ -84,7 +85,7 @@ def main() -> None:
                 encoder.encode(all_texts[:1])  # load the model outside the timing
                 cold.append(timed(lambda: encoder.encode(all_texts[1 + r * cold_n: 1 + (r + 1) * cold_n])))
                 encoder.close()
-        encoder = SemanticEncoder(settings.cache_path(), progress=False)
+        encoder = SemanticEncoder(Layout.of().embeddings, progress=False)
         encoder.encode(all_texts)  # fill the real cache once
         warm = [timed(lambda: encoder.encode(all_texts)) for _ in range(rounds)]
         encoder.close()
@@ -97,7 +98,7 @@ def main() -> None:
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as state:
             started = time.perf_counter()
-            build = build_identifiers(ds, split.train, BuildConfig(), Path(state), progress=False)
+            build = build_identifiers(ds, split.train, BuildConfig(), Layout.under(Path(state)), progress=False)
             totals.append(time.perf_counter() - started)
         for stage, seconds in build.metrics["seconds"].items():
             stages.setdefault(stage, []).append(seconds)
@@ -110,7 +111,7 @@ def main() -> None:
     titles = [ds.items[i].title for i in ids]
     first, again = [], []
     for _ in range(rounds):
-        with tempfile.TemporaryDirectory() as folder, ItemVectorStore(QdrantSettings(path=Path(folder))) as store:
+        with tempfile.TemporaryDirectory() as folder, ItemVectorStore(Path(folder)) as store:
             args_q = (ids, titles, build.semantic[:n_q], build.collaborative[:n_q], build.warm[:n_q], build.idmap)
             first.append(timed(lambda: store.upsert_items(*args_q)))
             again.append(timed(lambda: store.upsert_items(*args_q)))

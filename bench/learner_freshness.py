@@ -371,8 +371,9 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="gensar-freshness-"))
     state = root / "state"
-    os.environ.update({"GENSAR_STATE_DIR": str(state), "GENSAR_IDS__EMBEDDING_CACHE": str(root / "embeddings"),
-                       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
+    os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})  # library switches
+    from gensar.layout import Layout
+    layout = Layout.under(state, cache=root / "cache")  # given to every part here and, as variables, to the learner
     from demo.bootstrap import BASE_NAME, ensure_base_model, ensure_identifiers, prepare_world
     from demo.settings import QUICK
     from gensar.replay import make_producer, replay
@@ -390,8 +391,8 @@ def main() -> None:
                                    capture_output=True, text=True).stdout.splitlines()}
     demo = QUICK.model_copy(update={"items": args.items, "qdrant": True, "replay_events": None})
     world = prepare_world(BUNDLED_DATA, state, demo)
-    idmap = ensure_identifiers(world, state, demo, log)
-    ensure_base_model(world, idmap, state, demo, log)
+    idmap = ensure_identifiers(world, layout, demo, log)
+    ensure_base_model(world, idmap, layout, demo, log)
     timings["bootstrap_s"] = round(time.time() - started, 1)
     log(f"bootstrap: {len(world.ds.items):,} items, {len(world.bootstrap):,} bootstrap events, "
         f"{len(world.stream):,} stream events ({timings['bootstrap_s']:.0f}s)")
@@ -419,7 +420,7 @@ def main() -> None:
         worker = WorkerProcess(kafka, root / "streams").start()
         replay(list(world.ds.items.values()), kafka, progress=False)
         worker.wait_processed(len(world.ds.items), timeout_s=300)
-        env = {**os.environ, **learner_env, "GENSAR_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        env = {**os.environ, **layout.environment(), **learner_env, "GENSAR_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                "GENSAR_KAFKA__TOPIC_PREFIX": PREFIX, "RAY_ADDRESS": ""}
 
         def start_learner() -> subprocess.Popen:
@@ -441,7 +442,7 @@ def main() -> None:
         log(f"broker {status.bootstrap}, worker pid {worker.process.pid}, learner pid {learner.pid} joined "
             f"({timings['stack_up_s']:.0f}s)")
 
-        watcher = BufferWatcher(state / "learner" / "buffer.json", root / "captures")
+        watcher = BufferWatcher(layout.learner_buffer, root / "captures")
         reader = SampleReader(kafka)
         threads = [watcher, reader]
         for t in threads:
@@ -455,7 +456,7 @@ def main() -> None:
         t0 = time.time()
         i = 0
         from learner.registry import LocalArtifactStore, Registry
-        registry = Registry(LocalArtifactStore(state / "registry"))
+        registry = Registry(LocalArtifactStore(layout.registry))
         while True:
             now = time.time()
             if i < len(events) and now >= t0 + i / args.rate:
@@ -552,6 +553,7 @@ def main() -> None:
 def finish(root: Path) -> None:
     """Analyse a finished run (its raw.json, buffer captures, registry) and write the results."""
     from bench.output import write_results
+    from gensar.layout import Layout
     from gensar.machine import machine
     from learner.settings import LearnerSettings
 
@@ -559,7 +561,7 @@ def finish(root: Path) -> None:
     settings = LearnerSettings(**raw["settings"])
     captures = [(root / "captures" / name, mtime) for name, mtime in raw["captures"]]
     readable = {k: tuple(v) for k, v in raw["readable"].items()}
-    stats = analyse(root / "state" / "registry", captures, settings.holdout_fraction, raw["t0"], raw["acked"],
+    stats = analyse(Layout.under(root / "state").registry, captures, settings.holdout_fraction, raw["t0"], raw["acked"],
                     set(raw["measured"]), raw["sample_key"], readable)
     timings = raw["timings"]
     learner_lines = [line for line in (root / "learner.log").read_text(errors="replace").splitlines()

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.output import write_results
+from gensar.layout import Layout
 from infra.ports import free_port
 
 
@@ -131,11 +132,11 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     texts = item_texts(ds, split.train)
     vocab = Vocabulary.for_corpus(IdLayout.of(idmap), [*texts.values(), *(e.query for e in ds.searches)])
     model = build_model(ModelSettings(), vocab, seed=0).eval()
-    MapStore(root / "identifiers" / "maps").save(idmap)
+    MapStore(Layout.under(root).identifier_maps).save(idmap)
     prior = HistoryPrior(weights={"search": (16.0, -8.0), "rec": (4.0, -2.0)})  # the bundled quality run's joint model's
     GenSARModel(model, vocab, ModelSettings(), RenderSettings(), idmap.version, idmap.fingerprint(),
-                prior=prior).save(root / "models" / "base" / "bench")
-    registry = Registry(LocalArtifactStore(root / "registry"))
+                prior=prior).save(Layout.under(root).base_model("bench"))
+    registry = Registry(LocalArtifactStore(Layout.under(root).registry))
     for i in range(adapters):
         directory = save_adapter(attach(model, LoraSettings()), root / "adapters-out" / f"a{i}")
         registry.publish(directory, Manifest(version=f"a{i}", base_model="bench", idmap_version=idmap.version,
@@ -145,7 +146,7 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     rec = [{"user_id": c.user_id, "k": 10, "history": [target_item(e) for e in c.history][-50:]}
            for c in test if c.task == "rec"]
     search = [{"query": c.query[:200], "k": 10} for c in test if c.task == "search"]
-    overrides = {"state_dir": str(root), "catalogue": str(BUNDLED_DATA), "poll_s": 0.5, "follow_items": False,
+    overrides = {"catalogue": str(BUNDLED_DATA), "poll_s": 0.5, "follow_items": False,
                  "streams_url": "http://127.0.0.1:9"}  # no stream workers: bodies carry history
     return overrides, search, rec
 
@@ -213,12 +214,12 @@ def publish_bad_versions(root: Path) -> None:
     identifier map was never saved), bad-base (it loads, but was trained on another base)."""
     from learner.registry import Decision, LocalArtifactStore, Registry
 
-    registry = Registry(LocalArtifactStore(root / "registry"))
+    registry = Registry(LocalArtifactStore(Layout.under(root).registry))
     manifest, adapter = registry.fetch("a0", root / "fetched-a0")
     for version, update in (("bad-sum", {}), ("bad-map", {"idmap_version": "never-built"}),
                             ("bad-base", {"base_model": "another-base"})):
         registry.publish(adapter, manifest.model_copy(update={"version": version, **update}))
-    stored = root / "registry" / "adapters" / "bad-sum"
+    stored = Layout.under(root).registry / "adapters" / "bad-sum"
     target = max((p for p in stored.iterdir() if p.name != "manifest.json"), key=lambda p: p.stat().st_size)
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -257,7 +258,7 @@ def faults(url: str, root: Path, overrides: dict, rec: list[dict], seconds: floa
     from serving.app import build
     from serving.settings import ServingSettings
 
-    registry = Registry(LocalArtifactStore(root / "registry"))
+    registry = Registry(LocalArtifactStore(Layout.under(root).registry))
     overrides = {**overrides, "admin_token": "bench-admin-token"}
     bodies = rec[:FAULT_CLIENTS * 2]
     histories = {}
@@ -273,7 +274,8 @@ def faults(url: str, root: Path, overrides: dict, rec: list[dict], seconds: floa
     row: dict = {"replicas": 2, "clients": FAULT_CLIENTS}
     started = time.perf_counter()
     serve.run(build({**overrides, "replicas": 2, "replica_cpus": 1.0, "swap_stagger_s": 0.5,
-                     "streams_url": f"http://127.0.0.1:{stand_in.server_address[1]}"}), name="gensar", route_prefix="/")
+                     "streams_url": f"http://127.0.0.1:{stand_in.server_address[1]}"}, Layout.under(root)),
+              name="gensar", route_prefix="/")
     row["start_seconds"] = round(time.perf_counter() - started, 1)
     with httpx.Client(base_url=url, timeout=60) as c:
         # Reference answers of a0 (serving) and a1 (the good version) to each body, to tell mixed answers.
@@ -450,14 +452,15 @@ def main() -> None:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
-    registry = Registry(LocalArtifactStore(root / "registry"))
+    registry = Registry(LocalArtifactStore(Layout.under(root).registry))
     next_adapter = 1
     results: dict = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k not in ("drive", "path", "bodies")},
                      "world": {"items": 9742, "model": "ModelSettings() default, random weights", "beam": 30,
                                "search_bodies": len(search), "rec_bodies": len(rec)}, "replicas": {}}
     for replicas in args.replicas:
         started = time.perf_counter()
-        serve.run(build({**overrides, "replicas": replicas, "replica_cpus": 2 / replicas}), name="gensar", route_prefix="/")
+        serve.run(build({**overrides, "replicas": replicas, "replica_cpus": 2 / replicas}, Layout.under(root)),
+                  name="gensar", route_prefix="/")
         row: dict = {"start_seconds": round(time.perf_counter() - started, 1)}
         for path in ("/search", "/recommend"):
             runs = [json.loads(run_driver(url, path, bodies[path], args.seconds, args.clients).communicate()[0])

@@ -25,6 +25,7 @@ import numpy as np
 
 from bench.output import write_results
 from bench.serving_load import build_world
+from gensar.layout import Layout
 from infra.ports import free_port
 
 
@@ -79,7 +80,7 @@ def main() -> None:
         ensure_ray(num_cpus=2)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build(overrides), name="gensar", route_prefix="/")
+        serve.run(build(overrides, Layout.under(root / "serving")), name="gensar", route_prefix="/")
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
 
         def worker_up() -> bool:

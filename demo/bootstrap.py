@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gensar import data as datasets
 from gensar.data import Dataset, UserEvent
+from gensar.layout import Layout
 from identifiers.build import top_items_slice
 from identifiers.idmap import IdentifierMap, MapStore
 
@@ -76,35 +77,34 @@ def prepare_world(source: Path, root: Path, settings: DemoSettings) -> World:
     return World(data_dir, ds, events[:cut], stream)
 
 
-def ensure_identifiers(world: World, root: Path, settings: DemoSettings, log) -> IdentifierMap:
+def ensure_identifiers(world: World, layout: Layout, settings: DemoSettings, log) -> IdentifierMap:
     from identifiers.build import BuildConfig, build_identifiers
     from identifiers.rqvae import RQVAEConfig
-    from identifiers.settings import IdentifierSettings
 
-    store = MapStore(IdentifierSettings.maps_dir(root))
+    store = MapStore(layout.identifier_maps)
     if store.latest():  # resumed: the bootstrap's map (the learner's updater derived the later ones)
         return store.load(store.versions()[0])
     config = BuildConfig(rqvae=RQVAEConfig(epochs=settings.rqvae_epochs,
                                            warmup_epochs=min(10, settings.rqvae_epochs // 2)))
-    result = build_identifiers(world.ds, world.bootstrap, config, root, progress=True)
+    result = build_identifiers(world.ds, world.bootstrap, config, layout, progress=True)
     log(f"identifier map {result.idmap.version}: {len(result.idmap):,} items from {len(world.bootstrap):,} events")
     if settings.qdrant:
         from identifiers.vectors import ItemVectorStore
 
-        with ItemVectorStore() as vectors:
+        with ItemVectorStore(layout.qdrant) as vectors:
             written = vectors.upsert_items(list(result.item_ids), [world.ds.items[i].title for i in result.item_ids],
                                            result.semantic, result.collaborative, result.warm, result.idmap)
         log(f"Qdrant {vectors.location}: {written:,} item vectors written")
     return result.idmap
 
 
-def ensure_base_model(world: World, idmap: IdentifierMap, root: Path, settings: DemoSettings, log) -> Path:
+def ensure_base_model(world: World, idmap: IdentifierMap, layout: Layout, settings: DemoSettings, log) -> Path:
     from model.modeling import ModelSettings
     from model.recipe import train_gensar
     from model.tasks import TaskMix
     from model.train import TrainSettings
 
-    target = root / "models" / "base" / BASE_NAME
+    target = layout.base_model(BASE_NAME)
     if target.exists():
         return target
     from evaluation.generative import fit_model_prior

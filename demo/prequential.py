@@ -20,6 +20,7 @@ import numpy as np
 
 from evaluation.metrics import summarize as bootstrap
 from gensar.data import UserEvent, target_item
+from gensar.layout import Layout
 from serving.engine import Engine, Query, item_history
 
 K = 10
@@ -62,16 +63,16 @@ class Histories:
         return self.items.get(user_id, [])[-HISTORY:]
 
 
-def frozen_engine(root: Path, data_dir: Path, base_name: str) -> Engine:
+def frozen_engine(layout: Layout, data_dir: Path, base_name: str) -> Engine:
     """An in-process engine over the base model only: it never follows the registry."""
     from gensar.data import load
     from serving.bundle import Loader
     from serving.catalogue import Catalogue
     from serving.settings import ServingSettings
 
-    settings = ServingSettings(state_dir=root, catalogue=data_dir, base_model=base_name, device="cpu", dense=False)
+    settings = ServingSettings(catalogue=data_dir, base_model=base_name, device="cpu", dense=False)
     catalogue = Catalogue.of(load(data_dir))
-    loader = Loader(settings, catalogue)
+    loader = Loader(settings, layout, catalogue)
     engine = Engine(loader, catalogue, None, settings.beam_size)
     base = loader.load(None)
     engine.slots = {"search": base, "rec": base}

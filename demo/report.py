@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from gensar.artifacts import write_file
+from gensar.layout import Layout
 
 from demo.plots import prequential_charts
 from demo.prequential import Record, differences, summarize
@@ -39,11 +40,11 @@ class Summary(BaseModel):
     records: int
 
     @classmethod
-    def collect(cls, root: Path, records: list[Record], first_served: dict[str, dict], produced_at: list,
+    def collect(cls, root: Path, layout: Layout, records: list[Record], first_served: dict[str, dict], produced_at: list,
                 wall_seconds: float) -> "Summary":
         from learner.registry import LocalArtifactStore, Registry
 
-        registry = Registry(LocalArtifactStore(root / "registry"))
+        registry = Registry(LocalArtifactStore(layout.registry))
         started = {v["version"]: v["loaded_at"] for v in first_served.values()}
         event_times = [p[0] for p in produced_at]
         rows = []

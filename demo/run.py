@@ -16,6 +16,7 @@ import httpx
 from tqdm import tqdm
 
 from gensar.artifacts import write_file
+from gensar.layout import Layout
 from gensar.replay import make_producer, replay
 
 from demo.bootstrap import BASE_NAME, ensure_base_model, ensure_identifiers, prepare_world
@@ -69,20 +70,22 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
              on_replayed: Callable[[str], None] | None = None) -> Summary:
     """`on_replayed(status_url)` runs after the replay while everything still serves (tests
     look at the status page there)."""
-    os.environ.update({"GENSAR_STATE_DIR": str(root), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
+    # Library switches, not our configuration: no model hub, no Ray token on loopback.
+    os.environ.update({"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
+    layout = Layout.under(root)
     started = time.time()
     (root / "demo").mkdir(parents=True, exist_ok=True)
     world = prepare_world(source, root, settings)
     log(f"data {world.data_dir}: {len(world.ds.items):,} items; bootstrap {len(world.bootstrap):,} events, "
         f"stream {len(world.stream):,} events")
-    idmap = ensure_identifiers(world, root, settings, log)
-    ensure_base_model(world, idmap, root, settings, log)
+    idmap = ensure_identifiers(world, layout, settings, log)
+    ensure_base_model(world, idmap, layout, settings, log)
     progress_path = root / "demo" / "progress.json"
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else {
         "catalogue": False, "replayed": 0, "produced_at": []}
-    with Stack(root, world.data_dir, BASE_NAME, settings, log) as stack:
+    with Stack(root, layout, world.data_dir, BASE_NAME, settings, log) as stack:
         producer = make_producer(stack.kafka)
-        status = StatusServer(create_app(root, stack.serve_url, stack.streams_metrics_url), stack.ports["status"]).start()
+        status = StatusServer(create_app(root, layout, stack.serve_url, stack.streams_metrics_url), stack.ports["status"]).start()
         log(f"status page: {status.url}")
         try:
             if not progress["catalogue"]:
@@ -91,7 +94,7 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                 save_json(progress_path, progress)
             done = progress["replayed"]
             histories = Histories(world.bootstrap + world.stream[:done])
-            evaluator = Evaluator(stack.serve_url, frozen_engine(root, world.data_dir, BASE_NAME),
+            evaluator = Evaluator(stack.serve_url, frozen_engine(layout, world.data_dir, BASE_NAME),
                                   root / "demo" / "prequential.jsonl")
             versions = Versions(stack.serve_url, root / "demo" / "served.json")
             first_ts, last_ts = world.stream[0].timestamp, world.stream[-1].timestamp
@@ -129,7 +132,7 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
         finally:
             producer.close()
             status.stop()
-        summary = Summary.collect(root, evaluator.records, versions.first_served, progress["produced_at"],
+        summary = Summary.collect(root, layout, evaluator.records, versions.first_served, progress["produced_at"],
                                   wall_seconds=time.time() - started)
     write_report(root / "demo" / "report", summary, evaluator.records)
     return summary

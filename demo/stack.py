@@ -19,6 +19,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from gensar.artifacts import write_file
+from gensar.layout import Layout
 from gensar.settings import BrokerSettings, KafkaSettings, Settings
 from infra.broker import KafkaBroker, ensure_topics
 from infra.ports import free_port
@@ -54,8 +55,9 @@ def wait_for(check, timeout: float, what: str) -> None:
 
 
 class Stack:
-    def __init__(self, root: Path, data_dir: Path, base_name: str, settings: DemoSettings, log):
+    def __init__(self, root: Path, layout: Layout, data_dir: Path, base_name: str, settings: DemoSettings, log):
         self.root, self.data_dir, self.base_name, self.settings, self.log = root, data_dir, base_name, settings, log
+        self.layout = layout
         self.ports = ports(root)
         self.broker = KafkaBroker(root / "kafka", port=self.ports["broker"], controller_port=self.ports["controller"],
                                   version=BrokerSettings().kafka_version, cache_dir=Settings().cache_dir)
@@ -108,7 +110,7 @@ class Stack:
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         self.commands[name] = (cmd, env)
         log = open(self.logs / f"{name}.log", "a")
-        self.children[name] = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        self.children[name] = subprocess.Popen(cmd, env={**os.environ, **self.layout.environment(), **env}, stdout=log, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _start_ray(self) -> None:
@@ -125,10 +127,10 @@ class Stack:
         from serving.app import build
 
         serve.start(http_options={"host": "127.0.0.1", "port": self.ports["serve"]})
-        overrides = {"state_dir": str(self.root), "catalogue": str(self.data_dir), "base_model": self.base_name,
+        overrides = {"catalogue": str(self.data_dir), "base_model": self.base_name,
                      "streams_url": self.streams_url, "poll_s": 1.0, "dense": False, "replica_cpus": 1.0,
                      "device": "cpu"}
-        serve.run(build(overrides), name="gensar", route_prefix="/")
+        serve.run(build(overrides, self.layout), name="gensar", route_prefix="/")
         wait_for(lambda: httpx.get(f"{self.serve_url}/readyz", timeout=5).status_code == 200, 300, "the Serve app")
 
     def learner_joined(self) -> bool:

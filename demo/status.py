@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from demo.plots import prequential_charts
 from demo.prequential import Record
+from gensar.layout import Layout
 
 
 def prometheus_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
@@ -34,11 +35,11 @@ def prometheus_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
     return sums
 
 
-def create_app(root: Path, serve_url: str, streams_metrics_url: str) -> FastAPI:
+def create_app(root: Path, layout: Layout, serve_url: str, streams_metrics_url: str) -> FastAPI:
     from learner.registry import LocalArtifactStore, Registry
 
     app = FastAPI(title="GenSAR Stream demo status")
-    registry = Registry(LocalArtifactStore(root / "registry"))
+    registry = Registry(LocalArtifactStore(layout.registry))
     client = httpx.Client(base_url=serve_url, timeout=30)
 
     def records() -> list[Record]:

@@ -26,6 +26,7 @@ def quality(
 ) -> None:
     """Identifiers, training, our model, baselines and ablations, both protocols, within the budget."""
     from evaluation.quality import BudgetError, QualitySettings, run_quality, write_report
+    from gensar.layout import Layout
     from gensar.settings import Settings
 
     settings = Settings()
@@ -33,7 +34,7 @@ def quality(
                                        id_ablations=ablations, temporal=temporal, torch_threads=threads,
                                        max_cases=max_cases)
     try:
-        report = run_quality(data or settings.data_dir, quality_settings, settings.state_dir, settings.cache_dir,
+        report = run_quality(data or settings.data_dir, quality_settings, Layout.of(settings),
                              log=lambda line: console.log(line))
     except BudgetError as exc:  # no report without the joint model
         console.print(f"[red]error:[/red] {exc}")

@@ -38,6 +38,7 @@ from evaluation.sasrec import tune_sasrec
 from gensar import data as datasets
 from gensar.artifacts import write_file
 from gensar.machine import machine
+from gensar.layout import Layout
 from identifiers.build import build_variant
 from identifiers.semantic import SemanticEncoder, item_texts
 from model.modeling import ModelSettings, build_model
@@ -133,10 +134,11 @@ def cap_cases(found: list[Case], cap: int, seed: int) -> tuple[list[Case], dict[
     return [c for i, c in enumerate(found) if i in keep], sizes
 
 
-def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cache_dir: Path,
+def run_quality(data_dir: Path, settings: QualitySettings, layout: Layout,
                 log: Callable[[str], None] = print, build_ids: Callable = None) -> dict:
-    """Run everything within the budget and return the report. build_ids(ds, train_events,
-    variant, directory, seed) -> IdentifierMap defaults to `identifiers.build.build_variant`. Raises
+    """Run everything within the budget and return the report; its scratch (models, maps) goes
+    below the layout's state. build_ids(ds, train_events, variant, layout, seed) -> IdentifierMap
+    defaults to `identifiers.build.build_variant`. Raises
     BudgetError, before any training, when the joint model cannot get its minimum."""
     import torch
 
@@ -158,8 +160,8 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
 
     ds = timed("load", datasets.load, data_dir)
     index = {item: i for i, item in enumerate(ds.items)}
-    encoder = SemanticEncoder(cache_dir / "embeddings", progress=False)
-    run_dir = state_dir / "quality" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    encoder = SemanticEncoder(layout.embeddings, progress=False)
+    run_dir = layout.state / "quality" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     results: list[dict] = []
     skipped: list[str] = []
     training: dict[str, dict] = {}
@@ -233,7 +235,7 @@ def run_quality(data_dir: Path, settings: QualitySettings, state_dir: Path, cach
             build = build_ids or (lambda *a: build_variant(*a, rqvae_epochs=settings.rqvae_epochs))
             started = time.perf_counter()
             sd.idmaps[job.variant] = timed(f"{job.split}/ids/{job.variant}", build, ds, sd.split.train, job.variant,
-                                           run_dir / job.split / job.variant, settings.seed)
+                                           Layout.under(run_dir / job.split / job.variant, layout.cache), settings.seed)
             build_seconds[0] = time.perf_counter() - started
             built.add((job.split, job.variant))
         return sd.idmaps[job.variant]

@@ -17,8 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Every settings class's environment prefix, so the root class can tell a part's variable
 # (GENSAR_SERVING__PORT) from a typo (GENSAR_SERVNG__PORT) without importing the parts.
 ROOT_PREFIX = "GENSAR_"
-PART_PREFIXES = ("GENSAR_STREAMS__", "GENSAR_SERVING__", "GENSAR_LEARNER__", "GENSAR_REGISTRY__",
-                 "GENSAR_IDS__", "GENSAR_QDRANT__")
+PART_PREFIXES = ("GENSAR_STREAMS__", "GENSAR_SERVING__", "GENSAR_LEARNER__", "GENSAR_IDS__", "GENSAR_QDRANT__")
 
 
 class SettingsError(ValueError):
@@ -133,6 +132,10 @@ class Settings(StrictSettings):
     model_config = SettingsConfigDict(env_prefix=ROOT_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state") / "gensar")
+    # The artifact store every part reads (registry, base models, identifier maps, pin control):
+    # a directory, in a cluster a shared (ReadWriteMany) volume; default: the state directory.
+    # Every location below these roots is gensar.layout.Layout's.
+    artifacts_dir: Path | None = None
     cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "gensar")
     data_dir: Path = BUNDLED_DATA
     kafka: KafkaSettings = KafkaSettings()

@@ -6,9 +6,9 @@
                                                         vectors of their semantic neighbours
     rqvae        train_rqvae(semantic, collaborative)
     codes        Sinkhorn-balanced last level, then collisions.resolve per task
-    saved        <state_dir>/identifiers/maps/<version>/           the IdentifierMap
-                 <state_dir>/identifiers/collaborative/<version>/  the item2vec it was built
-                                                                   from (the stream goes on from it)
+    saved        Layout.identifier_maps/<version>/    the IdentifierMap
+                 Layout.collaborative_state(version)  the item2vec it was built from (the
+                                                      stream goes on from it)
 
 Only the events passed in are read: pass the training split, never held-out events.
 
@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from gensar.data import Dataset, target_item
-from gensar.settings import Settings
+from gensar.layout import Layout
 from identifiers.collaborative import CollaborativeConfig, Item2Vec, fill_cold, user_sequences
 from identifiers.collisions import resolve
 from identifiers.idmap import IdentifierMap, MapStore
@@ -78,17 +78,13 @@ class BuildResult:
         return self.idmap.item_ids
 
 
-def collaborative_dir(state_dir: Path, version: str) -> Path:
-    return Path(state_dir) / "identifiers" / "collaborative" / version
-
-
 def build_identifiers(dataset: Dataset, train_events: Sequence, config: BuildConfig = BuildConfig(),
-                      state_dir: Path | None = None, *, version: str | None = None,
+                      layout: Layout | None = None, *, version: str | None = None,
                       settings: IdentifierSettings | None = None, progress: bool = True, save: bool = True) -> BuildResult:
     """Bootstrap identifiers for every item of `dataset` from `train_events` only."""
     settings = settings or IdentifierSettings()
     with torch_threads(settings.torch_threads):
-        return _build(dataset, train_events, config, state_dir, version, settings, progress, save)
+        return _build(dataset, train_events, config, layout or Layout.of(), version, settings, progress, save)
 
 
 # The variants the quality benchmark compares, by name: the RQ-VAE mode of each.
@@ -96,12 +92,12 @@ VARIANTS = {"joint": "dual", "semantic-only": "semantic_only", "collaborative-on
             "no-shared": "no_shared"}
 
 
-def build_variant(dataset: Dataset, train_events: Sequence, variant: str, state_dir: Path, seed: int = 0,
+def build_variant(dataset: Dataset, train_events: Sequence, variant: str, layout: Layout, seed: int = 0,
                   rqvae_epochs: int | None = None):
     """The identifier map of a named variant (VARIANTS), built from the training events only."""
     epochs = {"epochs": rqvae_epochs} if rqvae_epochs else {}
     config = BuildConfig(rqvae=RQVAEConfig(mode=VARIANTS[variant], seed=seed, **epochs))
-    return build_identifiers(dataset, train_events, config, state_dir, progress=False).idmap
+    return build_identifiers(dataset, train_events, config, layout, progress=False).idmap
 
 
 @contextmanager
@@ -116,10 +112,9 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _build(dataset: Dataset, train_events: Sequence, config: BuildConfig, state_dir: Path | None, version: str | None,
+def _build(dataset: Dataset, train_events: Sequence, config: BuildConfig, layout: Layout, version: str | None,
            settings: IdentifierSettings, progress: bool, save: bool) -> BuildResult:
-    state_dir = Path(state_dir or Settings().state_dir)
-    store = MapStore(IdentifierSettings.maps_dir(state_dir))
+    store = MapStore(layout.identifier_maps)
     version = version or store.next_version()
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -131,7 +126,7 @@ def _build(dataset: Dataset, train_events: Sequence, config: BuildConfig, state_
 
     item_ids = list(dataset.items)
     texts = item_texts(dataset, train_events, config.semantic)
-    encoder = SemanticEncoder(settings.cache_path(), settings.device, settings.encode_batch_size, progress)
+    encoder = SemanticEncoder(layout.embeddings, settings.device, settings.encode_batch_size, progress)
     try:
         semantic = encoder.encode([texts[i] for i in item_ids])  # (n, 384)
     finally:
@@ -178,7 +173,7 @@ def _build(dataset: Dataset, train_events: Sequence, config: BuildConfig, state_
     path = None
     if save:
         path = store.save(idmap)
-        item2vec.save(collaborative_dir(state_dir, version))
+        item2vec.save(layout.collaborative_state(version))
     return BuildResult(idmap, texts, semantic, collaborative, warm, item2vec, model, history, metrics, path)
 
 

@@ -29,6 +29,7 @@ def build(
 ) -> None:
     """Bootstrap a new identifier map from a dataset's training split."""
     from gensar import data as datasets
+    from gensar.layout import Layout
     from gensar.settings import Settings
     from identifiers.build import BuildConfig, build_identifiers, top_items_slice
 
@@ -53,13 +54,14 @@ def build(
         raise typer.Exit(2)
     train = splits[split](ds).train
     started = time.perf_counter()
-    result = build_identifiers(ds, train, cfg, settings.state_dir, version=version)
+    layout = Layout.of(settings)
+    result = build_identifiers(ds, train, cfg, layout, version=version)
     console.print(f"map {result.idmap.version}: {len(result.idmap):,} items from {len(train):,} {split} training events "
                   f"in {time.perf_counter() - started:.1f}s -> {result.path}")
     if qdrant:
         from identifiers.vectors import ItemVectorStore
 
-        with console.status("writing item vectors to Qdrant"), ItemVectorStore() as store:
+        with console.status("writing item vectors to Qdrant"), ItemVectorStore(layout.qdrant) as store:
             written = store.upsert_items(list(result.item_ids), [ds.items[i].title for i in result.item_ids],
                                          result.semantic, result.collaborative, result.warm, result.idmap)
             console.print(f"Qdrant {store.location} collection {store.collection!r}: {written:,} points written, "
@@ -73,12 +75,11 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Collisions, codebook utilisation and perplexity per level, reconstruction, prefix sharing."""
-    from gensar.settings import Settings
     from gensar.artifacts import ArtifactError
+    from gensar.layout import Layout
     from identifiers.idmap import MapStore
-    from identifiers.settings import IdentifierSettings
 
-    store = MapStore(IdentifierSettings.maps_dir(Settings().state_dir))
+    store = MapStore(Layout.of().identifier_maps)
     try:
         idmap = store.load(version)
     except (FileNotFoundError, ArtifactError) as exc:

@@ -5,25 +5,19 @@ Environment: GENSAR_IDS__<FIELD> and GENSAR_QDRANT__<FIELD>; unknown keys are an
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gensar.settings import Settings, StrictSettings
+from gensar.settings import StrictSettings
 
 
 class QdrantSettings(StrictSettings):
     model_config = SettingsConfigDict(env_prefix="GENSAR_QDRANT__")
 
-    url: str | None = None  # a Qdrant server, e.g. http://qdrant:6333; None: embedded local mode at `path`
-    path: Path | None = None  # embedded mode's persistent folder; default <state_dir>/qdrant
+    url: str | None = None  # a Qdrant server, e.g. http://qdrant:6333; None: embedded, in the layout's state (Layout.qdrant)
     api_key: str | None = None
     collection: str = "gensar-items"
     timeout_s: float = Field(30.0, gt=0)
-
-    def local_path(self) -> Path:
-        return self.path or Settings().state_dir / "qdrant"
 
 
 class IdentifierSettings(StrictSettings):
@@ -34,16 +28,8 @@ class IdentifierSettings(StrictSettings):
     # contended second thread made an RQ-VAE step 20x slower (0.65 s vs 0.033 s, measured);
     # 0 leaves torch's own default.
     torch_threads: int = Field(1, ge=0)
-    embedding_cache: Path | None = None  # default <cache_dir>/embeddings
     encode_batch_size: int = Field(64, ge=1)  # MiniLM texts per forward pass
     # Cosine distance between an item's collaborative vector now and when it was coded,
     # past which it is re-coded in a new map version. Streaming the last 30% of the
     # bundled ratings through partial_fit moved 99% of items < 0.06 and 12 of 5,004 > 0.1.
     drift_threshold: float = Field(0.1, gt=0, le=2)
-
-    def cache_path(self) -> Path:
-        return self.embedding_cache or Settings().cache_dir / "embeddings"
-
-    @staticmethod
-    def maps_dir(state_dir: Path) -> Path:
-        return Path(state_dir) / "identifiers" / "maps"

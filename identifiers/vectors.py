@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -30,14 +31,15 @@ def point_id(item_id: str) -> str:
 
 
 class ItemVectorStore:
-    def __init__(self, settings: QdrantSettings | None = None):
+    def __init__(self, path: Path, settings: QdrantSettings | None = None):
+        """`path`: embedded mode's folder (Layout.qdrant), unused with a server (`settings.url`)."""
         self.settings = settings or QdrantSettings()
         s = self.settings
         if s.url:
             self.client = QdrantClient(url=s.url, api_key=s.api_key, timeout=int(s.timeout_s))
             self.location = s.url
         else:
-            path = s.local_path()
+            path = Path(path)
             path.mkdir(parents=True, exist_ok=True)
             self.client = QdrantClient(path=str(path))  # embedded: one process holds the folder at a time
             self.location = str(path)

@@ -16,17 +16,16 @@ console = Console()
 
 
 def _registry(announce: bool = False):
+    from gensar.layout import Layout
     from gensar.settings import Settings
     from learner.registry import LocalArtifactStore, Registry, kafka_announcer
-    from learner.settings import RegistrySettings
 
     settings = Settings()
-    root = RegistrySettings().root(settings.state_dir)
-    return Registry(LocalArtifactStore(root), announce=kafka_announcer(settings.kafka) if announce else None)
+    return Registry(LocalArtifactStore(Layout.of(settings).registry), announce=kafka_announcer(settings.kafka) if announce else None)
 
 
 def run(
-    base: str = typer.Option(..., help="Base model name: a GenSAR model artifact under <state_dir>/models/base/."),
+    base: str = typer.Option(..., help="Base model name: a GenSAR model artifact in the artifact store's models/base/."),
     data: Optional[Path] = typer.Option(None, "--data", help="The catalogue's dataset; default: the bundled data."),
     idmap: Optional[Path] = typer.Option(None, help="Identifier-map version directory; default: the base's, from the map store."),
     max_refreshes: Optional[int] = typer.Option(None, help="Stop after this many decided refreshes."),
@@ -40,10 +39,11 @@ def run(
     from prometheus_client import start_http_server
 
     from gensar.data import load
+    from gensar.layout import Layout
     from gensar.settings import Settings
     from infra.ray_local import ensure_ray
     from learner import service
-    from learner.settings import LearnerSettings, RegistrySettings
+    from learner.settings import LearnerSettings
 
     handler = logging.StreamHandler()  # Ray configures the root logger: ours gets its own handler
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
@@ -56,9 +56,8 @@ def run(
     stop = threading.Event()  # SIGINT / SIGTERM (Ctrl-C, a pod's stop): end the loop, abandon a running refresh
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    decided = service.run(state_dir=settings.state_dir, kafka=settings.kafka, ds=load(data or settings.data_dir),
-                          base_name=base, settings=learner, registry_root=RegistrySettings().root(settings.state_dir),
-                          idmap_path=idmap, max_refreshes=max_refreshes, idle_exit_seconds=idle_exit, stop=stop)
+    decided = service.run(layout=Layout.of(settings), kafka=settings.kafka, ds=load(data or settings.data_dir),
+                          base_name=base, settings=learner, idmap_path=idmap, max_refreshes=max_refreshes, idle_exit_seconds=idle_exit, stop=stop)
     for d in decided:
         console.print(f"{d.version}: {d.status} — {d.reason}")
 

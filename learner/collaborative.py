@@ -29,10 +29,10 @@ from kafka import KafkaConsumer
 
 from gensar.data import Dataset
 from gensar.events import InvalidEvent, ItemUpsert, TrainingSample, decode
+from gensar.layout import Layout
 from gensar.settings import KafkaSettings
 from gensar.topics import ITEMS, TRAINING_SAMPLES
 from identifiers.assign import add_items, coder, drifted_items, recode_items
-from identifiers.build import collaborative_dir
 from identifiers.collaborative import Item2Vec
 from identifiers.collisions import CapacityError
 from identifiers.idmap import IdentifierMap, MapStore
@@ -64,18 +64,18 @@ class StepReport:
 
 
 class CollaborativeUpdater:
-    def __init__(self, state_dir: Path, kafka: KafkaSettings, ds: Dataset, settings: CollaborativeSettings,
+    def __init__(self, layout: Layout, kafka: KafkaSettings, ds: Dataset, settings: CollaborativeSettings,
                  ids: IdentifierSettings | None = None, qdrant: QdrantSettings | None = None):
-        self.settings, self.ids = settings, ids or IdentifierSettings()
-        self.maps = MapStore(IdentifierSettings.maps_dir(state_dir))
+        self.settings, self.ids, self.layout = settings, ids or IdentifierSettings(), layout
+        self.maps = MapStore(layout.identifier_maps)
         self.idmap = self.maps.load()
         self.coder = coder(self.idmap)
-        self.state_root = Path(state_dir) / "learner" / "item2vec"
-        self.item2vec = self._load_item2vec(Path(state_dir))
+        self.state_root = layout.item2vec
+        self.item2vec = self._load_item2vec()
         self.catalogue: dict[str, ItemUpsert] = dict(ds.items)  # then the items topic's upserts
-        self.encoder = SemanticEncoder(self.ids.cache_path(), self.ids.device, self.ids.encode_batch_size,
+        self.encoder = SemanticEncoder(layout.embeddings, self.ids.device, self.ids.encode_batch_size,
                                        progress=False)
-        self.vectors = ItemVectorStore(qdrant)
+        self.vectors = ItemVectorStore(layout.qdrant, qdrant)
         group = consumer_group(kafka)
         self.items_topic = ITEMS.full_name(kafka)
         self.consumer = KafkaConsumer(
@@ -205,9 +205,9 @@ class CollaborativeUpdater:
         """The saved Item2Vec states s1, s2, …, oldest first."""
         return sorted(self.state_root.glob("s*"), key=lambda p: int(p.name[1:])) if self.state_root.is_dir() else []
 
-    def _load_item2vec(self, state_dir: Path) -> Item2Vec:
+    def _load_item2vec(self) -> Item2Vec:
         saved = self._saved_states()
-        return Item2Vec.load(saved[-1] if saved else collaborative_dir(state_dir, self._bootstrap_version()))
+        return Item2Vec.load(saved[-1] if saved else self.layout.collaborative_state(self._bootstrap_version()))
 
     def _bootstrap_version(self) -> str:
         idmap = self.idmap

@@ -35,6 +35,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from gensar.data import Dataset
 from gensar.events import ModelVersion, TrainingSample
+from gensar.layout import Layout
 from gensar.settings import KafkaSettings
 from infra.ray_local import has_gpu
 from learner.registry import LocalArtifactStore, Registry, kafka_announcer
@@ -108,8 +109,8 @@ class Intake:
 
 @ray.remote(max_concurrency=3)  # `map_version`, `totals` and `stop` answer while `run` loops
 class Collaborative:
-    def __init__(self, state_dir: str, kafka: KafkaSettings, ds: Dataset, settings: LearnerSettings):
-        self.args = (Path(state_dir), kafka, ds, settings.collaborative)
+    def __init__(self, layout: Layout, kafka: KafkaSettings, ds: Dataset, settings: LearnerSettings):
+        self.args = (layout, kafka, ds, settings.collaborative)
         self.every = settings.collaborative.every_seconds
         self.stopped, self.started = threading.Event(), threading.Event()
         self.version: str | None = None
@@ -165,22 +166,21 @@ class Collaborative:
 
 @ray.remote
 class Trainer:
-    def __init__(self, state_dir: str, base_name: str, idmap_path: str | None, ds: Dataset,
-                 registry_root: str, settings: LearnerSettings, kafka: KafkaSettings, task: str = "joint"):
+    def __init__(self, layout: Layout, base_name: str, idmap_path: str | None, ds: Dataset,
+                 settings: LearnerSettings, kafka: KafkaSettings, task: str = "joint"):
         from identifiers.idmap import IdentifierMap, MapStore
         from identifiers.semantic import item_texts
-        from identifiers.settings import IdentifierSettings
         from learner.refresh import Refresher
         from model.artifact import GenSARModel
         from model.tasks import Renderer
 
-        base = GenSARModel.load(Path(state_dir) / "models" / "base" / base_name)
+        base = GenSARModel.load(layout.base_model(base_name))
         # A pinned map (`idmap_path`) is used as it is; else the map store's latest is followed.
-        maps = None if idmap_path else MapStore(IdentifierSettings.maps_dir(Path(state_dir)))
+        maps = None if idmap_path else MapStore(layout.identifier_maps)
         idmap = IdentifierMap.load(Path(idmap_path)) if idmap_path else maps.load(base.idmap_version)
         base.check_map(idmap)
         renderer = Renderer(base.vocab, idmap, ds, item_texts(ds, []), base.render)
-        registry = Registry(LocalArtifactStore(Path(registry_root)), announce=kafka_announcer(kafka))
+        registry = Registry(LocalArtifactStore(layout.registry), announce=kafka_announcer(kafka))
         self.refresher = Refresher(base, base_name, renderer, registry, settings, task, maps)
 
     def refresh(self, recent: list[TrainingSample], replayed: list[TrainingSample], version: str) -> ModelVersion:
@@ -191,27 +191,27 @@ def next_version(registry: Registry) -> str:
     return f"r{len(registry.store.keys()) + 1:04d}"
 
 
-def run(*, state_dir: Path, kafka: KafkaSettings, ds: Dataset, base_name: str, settings: LearnerSettings,
-        registry_root: Path, idmap_path: Path | None = None, max_refreshes: int | None = None,
+def run(*, layout: Layout, kafka: KafkaSettings, ds: Dataset, base_name: str, settings: LearnerSettings,
+        idmap_path: Path | None = None, max_refreshes: int | None = None,
         idle_exit_seconds: float | None = None, stop: threading.Event | None = None) -> list[ModelVersion]:
     """Refresh until `max_refreshes` are decided, no sample arrived for `idle_exit_seconds`,
     or `stop` is set. A refresh still training when `stop` is set is abandoned: it
     publishes nothing, its offsets stay uncommitted, and the next start trains on its
     samples again (as after a crash, without waiting minutes for a refresh to end)."""
     stop = stop or threading.Event()
-    registry = Registry(LocalArtifactStore(registry_root))
-    intake = Intake.remote(kafka, str(state_dir / "learner" / "buffer.json"), settings, consumer_group(kafka))
-    (state_dir / "learner").mkdir(parents=True, exist_ok=True)
+    registry = Registry(LocalArtifactStore(layout.registry))
+    layout.learner_buffer.parent.mkdir(parents=True, exist_ok=True)
+    intake = Intake.remote(kafka, str(layout.learner_buffer), settings, consumer_group(kafka))
     # One trainer per adapter: a joint one, or a search and a rec adapter over the one base.
     tasks = ["joint"] if settings.adapters == "joint" else ["search", "rec"]
     gpus = 1 / len(tasks) if has_gpu() else 0
-    trainers = [Trainer.options(num_gpus=gpus).remote(str(state_dir), base_name, idmap_path and str(idmap_path), ds,
-                                                      str(registry_root), settings, kafka, task) for task in tasks]
+    trainers = [Trainer.options(num_gpus=gpus).remote(layout, base_name, idmap_path and str(idmap_path), ds,
+                                                      settings, kafka, task) for task in tasks]
     # The collaborative updater keeps the map store's latest version moving; a pinned map stays as it is.
     collaborative = updater_started = None
     meters = CollaborativeMeters()
     if settings.collaborative.every_seconds > 0 and idmap_path is None:
-        collaborative = Collaborative.remote(str(state_dir), kafka, ds, settings)
+        collaborative = Collaborative.remote(layout, kafka, ds, settings)
         collaborative_run = collaborative.run.remote()  # first: `map_version` waits for it to start
         updater_started = collaborative.map_version.remote()  # not awaited: the intake reads meanwhile
 

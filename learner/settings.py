@@ -1,8 +1,8 @@
-"""Settings of the learner and of the model registry (env: GENSAR_LEARNER__*, GENSAR_REGISTRY__*)."""
+"""Settings of the learner (env: GENSAR_LEARNER__*). Where it reads and writes is the layout's
+(gensar.layout.Layout: the registry, base models and maps in the artifact store)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,13 +69,3 @@ class LearnerSettings(StrictSettings):
     metrics_port: int = Field(9109, ge=0, le=65535)  # 0: no metrics server
     seed: int = 0
 
-
-class RegistrySettings(StrictSettings):
-    model_config = SettingsConfigDict(env_prefix="GENSAR_REGISTRY__")
-
-    uri: str | None = None  # a directory path; None: <state_dir>/registry
-
-    def root(self, state_dir: Path) -> Path:
-        if self.uri and "://" in self.uri and not self.uri.startswith("file://"):
-            raise ValueError(f"registry uri {self.uri!r}: only local directories are supported by this build")
-        return Path(self.uri.removeprefix("file://")) if self.uri else state_dir / "registry"

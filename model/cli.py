@@ -51,7 +51,9 @@ def train_command(
     else:
         from identifiers.build import build_variant
 
-        ids = build_variant(ds, chosen.train, "joint", settings.state_dir / "models" / f"{out.name}-ids", seed)
+        from gensar.layout import Layout
+
+        ids = build_variant(ds, chosen.train, "joint", Layout.under(out.with_name(out.name + ".ids")), seed)  # beside the model
     train_settings = TrainSettings(epochs=epochs, max_minutes=minutes, device=device, seed=seed, checkpoint_every=200)
     gm, renderer, report = train_gensar(ds, chosen.train, ids, ModelSettings(backbone=backbone, pretrained_path=pretrained_path),
                                         TaskMix(), train_settings, checkpoint_dir=out.with_name(out.name + ".ckpt"), seed=seed)

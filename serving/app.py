@@ -40,6 +40,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from ray import serve
 from starlette.datastructures import Headers
 
+from gensar.layout import Layout
 from serving.control import Control, read_control, write_control
 from serving.engine import Engine, Query, Refusal, Swap, item_history
 # Metrics through the module: Serve pickles the ingress class by value, and pickled copies of
@@ -172,10 +173,10 @@ def errors(*codes: int) -> dict:
 @serve.deployment
 @serve.ingress(api)
 class GenSARServer:
-    def __init__(self, overrides: dict | None = None):
+    def __init__(self, overrides: dict | None = None, layout: Layout | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from gensar.data import load
-        from identifiers.settings import IdentifierSettings, QdrantSettings
+        from identifiers.settings import QdrantSettings
         from identifiers.vectors import ItemVectorStore
         from serving.bundle import Loader
         from serving.catalogue import Catalogue
@@ -183,12 +184,13 @@ class GenSARServer:
         from serving.userstate import UserState
 
         self.settings = settings = ServingSettings(**(overrides or {}))
+        self.layout = layout = layout or Layout.of()  # None: this replica's environment (GENSAR_STATE_DIR, ...)
         catalogue = Catalogue.of(load(settings.catalogue_dir()))
         self.genres = set(catalogue.all_genres())
-        loader = Loader(settings, catalogue)
+        loader = Loader(settings, layout, catalogue)
         qdrant = QdrantSettings()
-        shared = ItemVectorStore(qdrant) if settings.dense and qdrant.url else None  # a server: the identifiers' collection
-        dense = DenseIndex(catalogue, IdentifierSettings().cache_path(), loader.device, shared) if settings.dense else None
+        shared = ItemVectorStore(layout.qdrant, qdrant) if settings.dense and qdrant.url else None  # a server: the identifiers' collection
+        dense = DenseIndex(catalogue, layout.embeddings, loader.device, shared) if settings.dense else None
         self.engine = Engine(loader, catalogue, dense, settings.beam_size, settings.dense_k)
         self.engine.on_refusal = self._refused
         context = serve.get_replica_context()
@@ -215,7 +217,7 @@ class GenSARServer:
     def follow(self, retry: bool | set = frozenset()) -> list[Swap]:
         """Apply the operators' pins and the registry's decisions now; `retry`: refused
         versions to try again (True: all)."""
-        self.engine.pins = dict(read_control(self.settings.registry_dir()).pins)
+        self.engine.pins = dict(read_control(self.layout.serving_control).pins)
         swaps = self.engine.refresh(retry)
         for swap in swaps:
             meters.SWAPS.labels(swap.task).inc()
@@ -249,7 +251,7 @@ class GenSARServer:
             pass
         while not self._stop.wait(self.settings.poll_s):
             try:
-                self.engine.pins = dict(read_control(self.settings.registry_dir()).pins)
+                self.engine.pins = dict(read_control(self.layout.serving_control).pins)
                 if self._stagger and self.engine.due():
                     time.sleep(self._stagger)
                 self.follow()
@@ -339,9 +341,9 @@ class GenSARServer:
         body = await body_as(request, PinRequest)
         if body.version is not None and body.version not in self.engine.loader.registry.store.keys():
             raise HTTPException(404, f"unknown version {body.version}")
-        control = read_control(self.settings.registry_dir())
+        control = read_control(self.layout.serving_control)
         pins = {t: v for t, v in control.pins.items() if t != body.task}
-        write_control(self.settings.registry_dir(), Control(pins=pins | ({body.task: body.version} if body.version else {})))
+        write_control(self.layout.serving_control, Control(pins=pins | ({body.task: body.version} if body.version else {})))
         try:
             await asyncio.to_thread(self.follow, {body.version} if body.version else frozenset())
             refusal = self.engine.refused(body.version) if body.version else None
@@ -349,7 +351,7 @@ class GenSARServer:
         except Exception as exc:  # noqa: BLE001 - e.g. an unreadable registry
             why = str(exc) or type(exc).__name__
         if why is not None:  # the version cannot serve: take the pin back, keep serving
-            write_control(self.settings.registry_dir(), control)
+            write_control(self.layout.serving_control, control)
             self.engine.pins = dict(control.pins)
             raise HTTPException(409, f"version {body.version} cannot serve ({why}); the pin is taken back")
         return await self.models()
@@ -369,15 +371,16 @@ class GenSARServer:
         return await self.models()
 
 
-def build(args: dict | None = None):
-    """The application, with settings overrides (ServingSettings fields) as args."""
+def build(args: dict | None = None, layout: Layout | None = None):
+    """The application, with settings overrides (ServingSettings fields) as args; `layout`
+    None: each replica's own, from its environment (as in a pod)."""
     settings = ServingSettings(**(args or {}))
     return GenSARServer.options(
         num_replicas=settings.replicas, max_ongoing_requests=4 * settings.max_batch_size,
         max_queued_requests=settings.max_queued_requests,
         backpressure_config={"status_code": 503, "retry_after_s": settings.retry_after_s},
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
-    ).bind(args or {})
+    ).bind(args or {}, layout)
 
 
 app = build()

@@ -21,6 +21,7 @@ import numpy as np
 from transformers import PreTrainedModel
 
 from gensar.artifacts import ArtifactError
+from gensar.layout import Layout
 from identifiers.constraints import PrefixConstraint
 from identifiers.idmap import IdentifierMap, MapStore
 from learner.lora import merged
@@ -108,13 +109,13 @@ def genre_constraints(idmap: IdentifierMap, catalogue: Catalogue, device: str) -
 class Loader:
     """Loads the base model once, then builds a bundle for any version on demand."""
 
-    def __init__(self, settings: ServingSettings, catalogue: Catalogue):
+    def __init__(self, settings: ServingSettings, layout: Layout, catalogue: Catalogue):
         self.device = settings.torch_device()
-        base_dir = settings.base_dir()
+        base_dir = layout.base_model(settings.base_model)
         self.base_name = base_dir.name
         self.base = GenSARModel.load(base_dir, self.device)
-        self.registry = Registry(LocalArtifactStore(settings.registry_dir()))
-        self.maps = MapStore(settings.maps_dir())
+        self.registry = Registry(LocalArtifactStore(layout.registry))
+        self.maps = MapStore(layout.identifier_maps)
         self.catalogue = catalogue
         self.beams = settings.beam_size
         self.decode_chunk = settings.decode_chunk

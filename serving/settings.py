@@ -1,6 +1,6 @@
 """Settings of the serving replicas. Environment: GENSAR_SERVING__<FIELD> (e.g.
-GENSAR_SERVING__ADMIN_TOKEN from a Secret); unknown keys are an error. Paths default to the
-shared layout under GENSAR_STATE_DIR (gensar.settings.Settings)."""
+GENSAR_SERVING__ADMIN_TOKEN from a Secret); unknown keys are an error. What a replica reads
+(registry, maps, base models) is the layout's (gensar.layout.Layout)."""
 
 from __future__ import annotations
 
@@ -57,10 +57,9 @@ class ServingSettings(StrictSettings):
     retry_after_s: float = Field(1.0, ge=0, le=600)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # Where versions come from: the registry (<state_dir>/registry), identifier maps
-    # (<state_dir>/identifiers/maps), base models (<state_dir>/models/base/<name>).
-    state_dir: Path | None = None  # default: GENSAR_STATE_DIR
-    base_model: str | None = None  # None: the only base model present
+    # Versions come from the artifact store (gensar.layout.Layout: the registry, identifier
+    # maps, base models); this names the base model to load there. None: the only one present.
+    base_model: str | None = None
     poll_s: float = Field(2.0, gt=0, le=600)  # how often a replica re-reads the registry
     # Replica r waits r x this before loading a new version, so replicas do not all load at
     # once and the others keep full speed (a rolling swap; each answer is still one version).
@@ -79,26 +78,6 @@ class ServingSettings(StrictSettings):
     @classmethod
     def _blank_is_none(cls, token: SecretStr | None) -> SecretStr | None:
         return token if token is not None and token.get_secret_value().strip() else None
-
-    def root(self) -> Path:
-        return self.state_dir or Settings().state_dir
-
-    def registry_dir(self) -> Path:
-        return self.root() / "registry"
-
-    def maps_dir(self) -> Path:
-        return self.root() / "identifiers" / "maps"
-
-    def base_dir(self) -> Path:
-        """The base model artifact this replica loads once."""
-        bases = self.root() / "models" / "base"
-        if self.base_model:
-            return bases / self.base_model
-        found = sorted(p for p in bases.iterdir() if p.is_dir()) if bases.is_dir() else []
-        if len(found) != 1:
-            raise FileNotFoundError(f"{bases}: expected exactly one base model, found {[p.name for p in found]}; "
-                                    "set GENSAR_SERVING__BASE_MODEL")
-        return found[0]
 
     def catalogue_dir(self) -> Path:
         return self.catalogue or Settings().data_dir

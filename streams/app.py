@@ -27,7 +27,6 @@ changelogs rather than a local store that may be ahead of them (streams.worker).
 from __future__ import annotations
 
 import asyncio
-import time
 from functools import partial
 from typing import Any
 
@@ -36,11 +35,13 @@ import mode
 from faust.types import TP
 from aiokafka.partitioner import murmur2
 
-from gensar.events import DeadLetter, InteractionEvent, InvalidEvent, ItemUpsert, SearchEvent, decode
+from gensar.events import InteractionEvent, InvalidEvent, ItemUpsert, SearchEvent
+from gensar.layout import Layout
 from gensar.settings import Settings
 from gensar.topics import DEAD_LETTER, INTERACTIONS, ITEMS, SEARCH_EVENTS, TRAINING_SAMPLES, TopicSpec
 from streams import faust_fixes
 from streams.catalogue import CatalogueReplica
+from streams.dead_letters import dead_letter, validate
 from streams.delivery import InOrderDelivery, Verdict
 from streams.connection import aiokafka_options, faust_broker
 from streams.metrics import StreamMetrics
@@ -48,8 +49,6 @@ from streams.settings import StreamSettings
 from streams.transactions import Transactions
 from streams.state import (ItemStats, Record, UserState, apply_item_use, apply_user_event, item_stats_key, items_used,
                            samples_for)
-
-MAX_DEAD_LETTER_PAYLOAD = 64 * 1024  # characters of the original payload kept in a dead letter
 
 
 def app_id(settings: Settings) -> str:
@@ -71,7 +70,6 @@ class StreamApp:
 
     def __init__(self, settings: Settings, streams: StreamSettings):
         self.settings, self.streams = settings, streams
-        faust_fixes.apply(settings.kafka)
         self.metrics = StreamMetrics()
         self.replica = CatalogueReplica(aiokafka_options(settings.kafka), ITEMS.full_name(settings.kafka),
                                         ITEMS.partition_count(settings.kafka))
@@ -81,7 +79,7 @@ class StreamApp:
             app_id(settings),
             **faust_broker(kafka),
             store=streams.store,
-            datadir=str(streams.store_dir(settings)),
+            datadir=str(Layout.of(settings).stream_store(streams.worker_name)),
             processing_guarantee=streams.processing_guarantee,
             # Exactly-once commits at event boundaries (streams.transactions); Faust's own
             # commits then only run on rebalance and shutdown.
@@ -107,6 +105,7 @@ class StreamApp:
             # after a restart. Faust's default restarts the agent past the event instead.
             agent_supervisor=mode.CrashingSupervisor,
         )
+        faust_fixes.install(self.app, kafka)  # before the agents: declaring one builds the transport
         self.transactions = Transactions(self.app, streams.commit_interval_s)
         self.delivery = InOrderDelivery(kafka, self.app.conf.id)
         self._declare_topics()
@@ -203,8 +202,7 @@ class StreamApp:
         spec = self.topic_spec[message.topic]
         schema = SearchEvent if spec is SEARCH_EVENTS else InteractionEvent
         try:
-            event = decode(message.value or b"", schema)
-            _check_key(message, event.user_id)
+            event = validate(message.key, message.value, schema)
             targets = [event.item_id] if isinstance(event, InteractionEvent) else event.clicked_items
             unknown = await self._unknown_items(targets)
             if unknown:
@@ -234,8 +232,7 @@ class StreamApp:
 
     async def _on_item_upsert(self, message: faust.types.Message) -> None:
         try:
-            item = decode(message.value or b"", ItemUpsert)
-            _check_key(message, item.item_id)
+            item = validate(message.key, message.value, ItemUpsert)
         except InvalidEvent as bad:
             await self._dead_letter(message, bad)
             return
@@ -255,19 +252,10 @@ class StreamApp:
     # --- outputs -----------------------------------------------------------------------
 
     async def _dead_letter(self, message: faust.types.Message, bad: InvalidEvent) -> None:
-        payload = message.value or b""
-        text = payload.decode(errors="replace")
-        detail = bad.detail
-        if len(text) > MAX_DEAD_LETTER_PAYLOAD:
-            detail += f" (payload cut to {MAX_DEAD_LETTER_PAYLOAD} of {len(text)} characters)"
-            text = text[:MAX_DEAD_LETTER_PAYLOAD]
-        letter = DeadLetter(reason=bad.reason, detail=detail[:2000], source_topic=message.topic,
-                            source_partition=message.partition, source_offset=message.offset, payload=text,
-                            timestamp=time.time())
-        headers = _source_headers(message)
-        if len(payload) <= MAX_DEAD_LETTER_PAYLOAD:
-            headers.append(("payload", payload))  # the exact original bytes
-        await self._send(message, self.dead_letter_name, letter.key(), letter.to_bytes(), 0, headers)
+        letter, headers = dead_letter(bad, message.value, topic=message.topic, partition=message.partition,
+                                      offset=message.offset)
+        await self._send(message, self.dead_letter_name, letter.key(), letter.to_bytes(), 0,
+                         _source_headers(message) + headers)
         self.metrics.events.labels(message.topic, "dead-lettered").inc()
         self.metrics.dead_letters.labels(bad.reason).inc()
 
@@ -367,13 +355,6 @@ class DecodedCache:
 def _persist_offset(table: faust.Table, tp: TP, future: asyncio.Future) -> None:
     if not future.cancelled() and future.exception() is None:
         table.data.set_persisted_offset(tp, future.result().offset)
-
-
-def _check_key(message: faust.types.Message, owner: str) -> None:
-    """A record keyed by someone else would land on another partition than its owner's
-    state: refuse it rather than split the owner's state."""
-    if message.key != owner.encode():
-        raise InvalidEvent("key-mismatch", f"record key {message.key!r:.80} is not {owner!r:.80}")
 
 
 def _source_headers(message: faust.types.Message) -> list[tuple[str, bytes]]:

@@ -5,13 +5,12 @@ shared ones (gensar.settings.KafkaSettings)."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gensar.settings import Settings, StrictSettings
+from gensar.settings import StrictSettings
 
 
 class StreamSettings(StrictSettings):
@@ -34,8 +33,7 @@ class StreamSettings(StrictSettings):
     session_timeout_s: float = Field(10.0, ge=3, le=300)
     # "rocksdb://" (persistent, via rocksdict) or "memory://" (tests of logic only).
     store: str = "rocksdb://"
-    state_dir: Path | None = None  # table stores; default <state_dir>/streams/<worker name>
-    worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # one store dir per worker
+    worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # one table store per worker (Layout.stream_store)
     web_host: str = "127.0.0.1"  # where the table read API listens (GET /users/{id}/history, ...)
     web_port: int = Field(6066, ge=1, le=65535)
     # The address other workers use to forward requests for keys this worker owns (the
@@ -55,6 +53,3 @@ class StreamSettings(StrictSettings):
         if host in ("0.0.0.0", "::", ""):
             host = socket.gethostbyname(socket.gethostname())
         return f"http://{host}:{self.web_port}"
-
-    def store_dir(self, settings: Settings) -> Path:
-        return (self.state_dir or settings.state_dir / "streams") / self.worker_name

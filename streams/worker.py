@@ -7,13 +7,14 @@ import shutil
 
 import faust
 
+from gensar.layout import Layout
 from gensar.settings import Settings
 from streams.app import StreamApp
 from streams.settings import StreamSettings
 
 
 def run_worker(settings: Settings, streams: StreamSettings) -> None:
-    store = streams.store_dir(settings)
+    store = Layout.of(settings).stream_store(streams.worker_name)
     if streams.processing_guarantee == "exactly_once" and store.exists():
         # The local store may hold writes of transactions that never committed (a crash,
         # or a stop that Faust could not commit), and samples re-emitted from a store

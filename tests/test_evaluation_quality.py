@@ -13,6 +13,7 @@ import pytest
 
 from evaluation.quality import BudgetError, QualitySettings, run_quality, write_report
 from gensar.data import load
+from gensar.layout import Layout
 from gensar.synthetic import write_synthetic
 from model.modeling import ModelSettings
 from model.train import TrainSettings
@@ -48,12 +49,12 @@ def test_quality_run_writes_tidy_rows_for_every_system(tmp_path):
     ds, idmap = tiny_world(n_items=160, n_users=30)
     write_movielens(ds, tmp_path / "data")
     # the identifier map is given (the identifiers part tests its own builder)
-    def build_ids(dataset, train_events, variant, directory, seed):
+    def build_ids(dataset, train_events, variant, layout, seed):
         return idmap
 
     settings = QualitySettings(budget_minutes=3, id_ablations=False, beam_size=10, min_train_seconds=5,
                                guess_build_seconds=1, guess_prepare_seconds=10, model=TINY_MODEL, render=TINY_RENDER)
-    report = run_quality(tmp_path / "data", settings, tmp_path / "state", tmp_path / "cache", log=lambda _: None,
+    report = run_quality(tmp_path / "data", settings, Layout.under(tmp_path / "state", tmp_path / "cache"), log=lambda _: None,
                          build_ids=build_ids)
     assert report["timings"]["total"] < 3 * 60 + 30
     rows = {(r["system"], r["task"], r["protocol"], r["split"]) for r in report["results"]}
@@ -111,7 +112,7 @@ def test_a_tight_budget_still_yields_the_joint_model_on_a_tags_only_dataset(tmp_
     ds = load(tmp_path / "synth")
     assert not ds.has_ratings and stats["events"] == 1500
 
-    def build_ids(dataset, train_events, variant, directory, seed):
+    def build_ids(dataset, train_events, variant, layout, seed):
         from test_model import tiny_world  # a map over this catalogue: K=8, 1 shared + 2 specific
         from identifiers.idmap import IdentifierMap
 
@@ -124,7 +125,7 @@ def test_a_tight_budget_still_yields_the_joint_model_on_a_tags_only_dataset(tmp_
     settings = QualitySettings(budget_minutes=2.5, beam_size=10, min_train_seconds=25, guess_build_seconds=1,
                                guess_prepare_seconds=10, max_cases=150, model=TINY_MODEL, render=TINY_RENDER,
                                train=TrainSettings(epochs=1e6))
-    report = run_quality(tmp_path / "synth", settings, tmp_path / "state", tmp_path / "cache", log=lambda _: None,
+    report = run_quality(tmp_path / "synth", settings, Layout.under(tmp_path / "state", tmp_path / "cache"), log=lambda _: None,
                          build_ids=build_ids)
     skipped_only_after_the_headline(report)
     assert report["skipped"], "the budget was meant to be too small for every job"
@@ -140,5 +141,5 @@ def test_a_tight_budget_still_yields_the_joint_model_on_a_tags_only_dataset(tmp_
 def test_a_budget_that_cannot_fit_the_joint_model_is_refused_up_front(tmp_path):
     settings = QualitySettings(budget_minutes=1, min_train_seconds=60)
     with pytest.raises(BudgetError, match="cannot fit the joint model"):
-        run_quality(tmp_path / "nowhere", settings, tmp_path / "state", tmp_path / "cache", log=lambda _: None)
+        run_quality(tmp_path / "nowhere", settings, Layout.under(tmp_path / "state", tmp_path / "cache"), log=lambda _: None)
     assert not (tmp_path / "state").exists()  # nothing ran, nothing was written

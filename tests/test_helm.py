@@ -405,6 +405,307 @@ def test_every_pod_is_covered_by_a_network_policy(renders):
             assert any(p.items() <= labels.items() for p in policies), (name, where)
 
 
+# --- network policies: the effective ingress allow-list ---------------------------------------
+#
+# The rendered NetworkPolicies are evaluated the way the API server's semantics define them
+# (policies selecting a pod add up; a pod no Ingress policy selects admits everything; a rule
+# without `from` admits every source, one without `ports` every port) into, per pod, the set of
+# (port, source) pairs it admits. That is compared with the matrix the code needs (helm/README.md,
+# "Network policies"): a broader rule shows up as a pair the matrix lacks, whatever its shape.
+
+ANYWHERE = "anywhere"  # every source: any namespace, the nodes, outside the cluster
+ANY_POD_IN_CLUSTER = "any pod in the cluster"  # namespaceSelector: {} (without a podSelector)
+ANY_POD_IN_NAMESPACE = "any pod in the namespace"  # podSelector: {}
+ALL_PORTS = "all ports"
+OPERATOR = "kuberay-operator"
+COMPONENT = "app.kubernetes.io/component"
+
+
+def _merged_values(name: str, *overrides: str) -> dict:
+    """values.yaml under a CI values file (and YAML overrides), merged the way helm merges them:
+    maps deep, lists replaced, null deletes a key."""
+    def merge(base, override):
+        out = dict(base)
+        for key, value in override.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for text in [(CHART / "ci" / f"{name}-values.yaml").read_text(), *overrides]:
+        values = merge(values, yaml.safe_load(text))
+    return values
+
+
+def _named_peers(values: dict) -> dict[str, dict]:
+    """The peers the values name, by the name the matrix uses for them."""
+    policy = values["networkPolicy"]
+    named = {"prometheus": policy["prometheus"], OPERATOR: policy["kubeRayOperator"]}
+    named.update({f"serveClients[{i}]": peer for i, peer in enumerate(policy["serveClients"])})
+    return named
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions); {} selects everything."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if {"In": not present or labels[key] not in values, "NotIn": present and labels[key] in values,
+                "Exists": not present, "DoesNotExist": present}[operator]:
+            return False
+    return True
+
+
+def _workloads(objects: list[dict]) -> list[tuple[str, dict, dict[str, int]]]:
+    """(where, pod labels, named container ports) for every pod the objects create."""
+    return [(where, template["metadata"]["labels"],
+             {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", []) if "name" in p})
+            for where, template in _all_pods(objects)]
+
+
+def _peer_sources(peer: dict, workloads, named: dict[str, dict]) -> set[str]:
+    """What one `from` entry admits: a broad shape by its breadth (even when the values ask for
+    it), a peer the values name by that name, a same-namespace podSelector by the chart's
+    components it matches, anything else by its own spelling (so it fails the comparison)."""
+    def everything(selector):  # {} (or empty matchLabels/matchExpressions) selects everything
+        return selector is not None and not selector.get("matchLabels") and not selector.get("matchExpressions")
+
+    namespaces, pods = peer.get("namespaceSelector"), peer.get("podSelector")
+    if not peer or peer.get("ipBlock", {}).get("cidr") in {"0.0.0.0/0", "::/0"}:
+        return {ANYWHERE}
+    if everything(namespaces) and (pods is None or everything(pods)):
+        return {ANY_POD_IN_CLUSTER}
+    if namespaces is None and everything(pods):
+        return {ANY_POD_IN_NAMESPACE}
+    for name, known in named.items():
+        if peer == known:
+            return {name}
+    if namespaces is None and pods is not None:
+        matched = {labels.get(COMPONENT, where) for where, labels, _ in workloads if _selects(pods, labels)}
+        if matched:
+            return matched
+    return {f"peer {json.dumps(peer, sort_keys=True)}"}
+
+
+def _rule_ports(rule: dict, named_ports: dict[str, int]) -> set:
+    ports = set()
+    for entry in rule.get("ports") or [{}]:  # none listed: every port
+        if "port" not in entry:
+            ports.add(ALL_PORTS)
+            continue
+        port = entry["port"]
+        if isinstance(port, str):
+            if port not in named_ports:
+                continue  # a port name this pod does not declare admits nothing on it
+            port = named_ports[port]
+        token = port if "endPort" not in entry else f"{port}-{entry['endPort']}"
+        ports.add(token if entry.get("protocol", "TCP") == "TCP" else f"{token}/{entry['protocol']}")
+    return ports
+
+
+def _normalise(pairs: set) -> dict:
+    """{port: sources}, without the pairs a broader pair already admits."""
+    by_port: dict = {}
+    for port, source in pairs:
+        everywhere = {(ALL_PORTS, source), (port, ANYWHERE), (ALL_PORTS, ANYWHERE)} - {(port, source)}
+        if not everywhere & pairs:
+            by_port.setdefault(port, set()).add(source)
+    return by_port
+
+
+def _ingress_allow_list(objects: list[dict], named: dict[str, dict]) -> dict[str, tuple[str, dict]]:
+    """where -> (component, {port: sources admitted}) for every pod the objects create."""
+    workloads = _workloads(objects)
+    policies = [o["spec"] for o in objects if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"].get("policyTypes", ["Ingress"])]
+    result = {}
+    for where, labels, named_ports in workloads:
+        selecting = [p for p in policies if _selects(p["podSelector"], labels)]
+        pairs = set() if selecting else {(ALL_PORTS, ANYWHERE)}  # no policy: Kubernetes admits everything
+        for policy in selecting:
+            for rule in policy.get("ingress") or []:
+                sources = set().union(*(_peer_sources(p, workloads, named) for p in rule["from"])) if rule.get("from") else {ANYWHERE}
+                pairs |= {(port, source) for port in _rule_ports(rule, named_ports) for source in sources}
+        result[where] = (labels.get(COMPONENT, where), _normalise(pairs))
+    return result
+
+
+def _intended_ingress(values: dict, components: set[str]) -> dict[str, dict]:
+    """The matrix: who must reach which port of each component, from what the code does."""
+    clients = {f"serveClients[{i}]" for i in range(len(values["networkPolicy"]["serveClients"]))}
+    release = set(components)  # the release selector: every pod of this release
+    matrix = {
+        # Table read API: workers forward a key's request to its owner; serving reads user state.
+        "streams": {values["streams"]["webPort"]: {"streams", "serve"}, values["streams"]["metricsPort"]: {"prometheus"}},
+        # The serving Ray cluster among itself on every port; the operator on the dashboard, the
+        # dashboard agent and the Serve proxy (/-/healthz); Prometheus on Ray's metrics; the API
+        # (with /admin and /metrics) from this release's pods, Prometheus and the named clients.
+        "serve": {ALL_PORTS: {"serve"}, 8265: {OPERATOR}, 52365: {OPERATOR}, 8080: {"prometheus"},
+                  values["serve"]["port"]: (release - {"serve"}) | {OPERATOR, "prometheus"} | clients},
+        # The learner's Ray cluster among itself; the driver's Ray Client; operator; metrics.
+        "learner-ray": {ALL_PORTS: {"learner-ray"}, 10001: {"learner"}, 8265: {OPERATOR}, 52365: {OPERATOR},
+                        8080: {"prometheus"}},
+        "learner": {values["learner"]["metricsPort"]: {"prometheus"}},
+        # REST only (the client never uses gRPC): serving's dense search and the collaborative updater.
+        "qdrant": {6333: {"serve", "learner-ray", "prometheus"}},
+        "topics": {},  # the Job serves nothing
+    }
+    return {component: ports for component, ports in matrix.items() if component in components}
+
+
+def _ingress_violations(objects: list[dict], values: dict) -> list[str]:
+    allowed = _ingress_allow_list(objects, _named_peers(values))
+    intended = _intended_ingress(values, {component for component, _ in allowed.values()})
+    violations = []
+    for where, (component, ports) in sorted(allowed.items()):
+        want = intended.get(component, {})
+        for port in sorted(set(ports) | set(want), key=str):
+            extra, missing = ports.get(port, set()) - want.get(port, set()), want.get(port, set()) - ports.get(port, set())
+            violations += [f"{where}: port {port} admits {source}" for source in sorted(extra)]
+            violations += [f"{where}: port {port} does not admit {source}" for source in sorted(missing)]
+    return violations
+
+
+@pytest.mark.parametrize("name", VALUE_FILES)
+def test_network_policies_admit_exactly_the_intended_peers(renders, name):
+    values = _merged_values(name)
+    allowed = _ingress_allow_list(renders[name], _named_peers(values))
+    components = {component for component, _ in allowed.values()}
+    assert components == {"streams", "serve", "learner-ray", "learner", "topics"} | ({"qdrant"} if name != "production" else set())
+    assert _ingress_violations(renders[name], values) == []
+    # Spot checks of the matrix in numbers, so a change to the checker cannot hollow it out.
+    (streams,) = [ports for component, ports in allowed.values() if component == "streams"]
+    assert streams == {6066: {"streams", "serve"}, 9108: {"prometheus"}}
+    for where, (component, ports) in allowed.items():
+        if component == "serve":
+            assert ports[ALL_PORTS] == {"serve"} and ports[8080] == {"prometheus"}, where
+            outside = ports[8000] - components
+            assert outside == {"prometheus", OPERATOR} | ({"serveClients[0]"} if name == "production" else set()), where
+        assert ANYWHERE not in {s for sources in ports.values() for s in sources}, where
+
+
+def test_serving_reads_user_state_from_the_stream_workers(renders):
+    """The serve -> streams:web edge of the matrix is one the code uses: the chart points
+    serving's user-state reads at the stream workers' Service (its default is loopback)."""
+    config = next(o for o in renders["default"] if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "gensar-config")["data"]
+    assert config["GENSAR_SERVING__STREAMS_URL"] == "http://gensar-streams:6066"
+    (service,) = [o for o in renders["default"] if o["kind"] == "Service" and o["metadata"]["name"] == "gensar-streams"]
+    assert service["spec"]["ports"] == [{"name": "web", "port": 6066, "targetPort": "web", "protocol": "TCP"}]
+
+
+def _policy(objects: list[dict], name: str) -> dict:
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == name]
+    return policy["spec"]
+
+
+def _web_rule(objects):
+    return next(r for r in _policy(objects, "gensar-streams")["ingress"] if r["ports"][0]["port"] == "web")
+
+
+# Each turns part of the default render into something broader; the checker must flag it.
+WEAKENED_POLICIES = {
+    "allow-all ingress": (lambda o: _policy(o, "gensar-streams").update(ingress=[{}]),
+                          "Deployment/gensar-streams: port all ports admits anywhere"),
+    "empty from": (lambda o: _web_rule(o).update({"from": []}), "Deployment/gensar-streams: port 6066 admits anywhere"),
+    "no from": (lambda o: _web_rule(o).pop("from"), "Deployment/gensar-streams: port 6066 admits anywhere"),
+    "namespaceSelector: {} peer": (lambda o: _web_rule(o)["from"].append({"namespaceSelector": {}}),
+                                   "Deployment/gensar-streams: port 6066 admits any pod in the cluster"),
+    "podSelector: {} peer": (lambda o: _policy(o, "gensar-qdrant")["ingress"][0]["from"].append({"podSelector": {}}),
+                             "StatefulSet/gensar-qdrant: port 6333 admits any pod in the namespace"),
+    "ipBlock 0.0.0.0/0 peer": (lambda o: _web_rule(o)["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}),
+                               "Deployment/gensar-streams: port 6066 admits anywhere"),
+    "missing ports": (lambda o: _web_rule(o).pop("ports"), "Deployment/gensar-streams: port all ports admits serve"),
+    "another component's peer": (lambda o: _web_rule(o)["from"].append({"podSelector": {"matchLabels": {COMPONENT: "learner"}}}),
+                                 "Deployment/gensar-streams: port 6066 admits learner"),
+    "a release-wide peer": (lambda o: _policy(o, "gensar-qdrant")["ingress"][0]["from"].append(
+                                {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "gensar"}}}),
+                            "StatefulSet/gensar-qdrant: port 6333 admits streams"),
+    "policy deleted": (lambda o: o.remove(next(x for x in o if x["kind"] == "NetworkPolicy"
+                                               and x["metadata"]["name"] == "gensar-learner")),
+                       "Deployment/gensar-learner: port all ports admits anywhere"),
+    "policy selects nothing": (lambda o: _policy(o, "gensar-serve")["podSelector"]["matchLabels"].update({COMPONENT: "srve"}),
+                               "RayService/gensar/head: port all ports admits anywhere"),
+    "serving's API open to all (the old default)": (
+        lambda o: next(r for r in _policy(o, "gensar-serve")["ingress"] if len(r.get("from", [])) == 2).pop("from"),
+        "RayService/gensar/cpu: port 8000 admits anywhere"),
+    "rule dropped": (lambda o: _policy(o, "gensar-learner-ray")["ingress"].pop(1),
+                     "RayCluster/gensar-learner/head: port 10001 does not admit learner"),
+}
+
+
+@pytest.mark.parametrize("case", WEAKENED_POLICIES)
+def test_policy_checker_flags_broader_rules(renders, case):
+    objects = copy.deepcopy(renders["default"])
+    weaken, message = WEAKENED_POLICIES[case]
+    weaken(objects)
+    assert message in _ingress_violations(objects, _merged_values("default"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("networkPolicy: {enabled: false}", "Deployment/gensar-streams: port all ports admits anywhere"),
+    ("networkPolicy: {serveClients: [{namespaceSelector: {}}]}", "RayService/gensar/head: port 8000 admits any pod in the cluster"),
+    ("networkPolicy: {serveClients: [{ipBlock: {cidr: 0.0.0.0/0}}]}", "RayService/gensar/head: port 8000 admits anywhere"),
+    ("networkPolicy: {serveClients: [{podSelector: {matchLabels: {}}}]}",
+     "RayService/gensar/head: port 8000 admits any pod in the namespace"),
+    ("networkPolicy: {prometheus: {namespaceSelector: {}, podSelector: null}}",
+     "Deployment/gensar-learner: port 9109 admits any pod in the cluster"),
+    ("networkPolicy: {kubeRayOperator: {namespaceSelector: null, podSelector: {matchLabels: null}}}",
+     "RayCluster/gensar-learner/head: port 8265 admits any pod in the namespace"),
+])
+def test_policy_checker_flags_broad_values(helm, tmp_path, override, message):
+    """A values override that opens a port wide is flagged too, even though the values ask for it."""
+    values_file = tmp_path / "broad.yaml"
+    values_file.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{override}\n")
+    result = _template(helm, values_file)
+    assert result.returncode == 0, result.stderr
+    assert message in _ingress_violations(_objects(result.stdout), _merged_values("default", override))
+
+
+def test_policy_checker_accepts_narrow_named_clients(helm, tmp_path):
+    """The other side: clients the values name narrowly reach serving's API port and pass."""
+    override = ("networkPolicy: {serveClients: [{ipBlock: {cidr: 10.20.0.0/16}},"
+                " {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: storefront}}}]}")
+    values_file = tmp_path / "clients.yaml"
+    values_file.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{override}\n")
+    result = _template(helm, values_file)
+    assert result.returncode == 0, result.stderr
+    assert _ingress_violations(_objects(result.stdout), _merged_values("default", override)) == []
+
+
+def test_admin_is_not_reachable_from_outside_the_release_by_default(renders):
+    """With no serveClients, serving's port (/admin included) admits this release's pods and the
+    two in-cluster agents the values name (Prometheus for /metrics, the KubeRay operator for the
+    proxy health check), and nothing routes traffic to it from outside: no Ingress or Gateway
+    route, a ClusterIP Service."""
+    values = _merged_values("default")
+    assert values["networkPolicy"]["serveClients"] == []
+    allowed = _ingress_allow_list(renders["default"], _named_peers(values))
+    release = {component for component, _ in allowed.values()}
+    serving = {where: ports for where, (component, ports) in allowed.items() if component == "serve"}
+    assert len(serving) == 2  # head and cpu workers: both run a Serve proxy on the port
+    for where, ports in serving.items():
+        reach = {port: sources for port, sources in ports.items() if port in (8000, ALL_PORTS)}
+        assert reach == {ALL_PORTS: {"serve"}, 8000: (release - {"serve"}) | {"prometheus", OPERATOR}}, where
+    # The API rule itself: the release selector first, never an empty or missing `from`.
+    (api_rule,) = [r for r in _policy(renders["default"], "gensar-serve")["ingress"]
+                   if r.get("ports") == [{"port": 8000, "protocol": "TCP"}] and len(r["from"]) == 2]
+    release_selector = {"app.kubernetes.io/instance": "gensar", "app.kubernetes.io/name": "gensar"}
+    assert api_rule["from"][0] == {"podSelector": {"matchLabels": release_selector}}
+    routes = {"Ingress", "HTTPRoute", "GRPCRoute", "Gateway", "IngressRoute", "VirtualService"}
+    for name in VALUE_FILES:
+        assert not {o["kind"] for o in renders[name]} & routes, name
+    (service,) = [o["spec"]["serveService"] for o in renders["default"] if o["kind"] == "RayService"]
+    assert service["spec"]["type"] == "ClusterIP"
+    # Named clients reach the API port and nothing else of serving.
+    production = _ingress_allow_list(renders["production"], _named_peers(_merged_values("production")))
+    for where, (component, ports) in production.items():
+        reached = {port for port, sources in ports.items() if "serveClients[0]" in sources}
+        assert reached == ({8000} if component == "serve" else set()), where
+
+
 def _settings_classes() -> list[type[BaseSettings]]:
     """Every settings class of the packages present (gensar/settings.py, streams/settings.py...)."""
     classes = []
@@ -468,6 +769,63 @@ def test_broken_values_are_refused_with_a_clear_message(helm, tmp_path, case):
     for result in (_template(helm, values), helm("lint", "--strict", str(CHART), "-f", str(values))):
         assert result.returncode != 0
         assert message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+# Each weakens the hardening the chart sets; (values, the path the refusal names).
+WEAKENED_SECURITY = {
+    "pod runs as root allowed": ("podSecurityContext: {runAsNonRoot: false}", "/podSecurityContext/runAsNonRoot"),
+    "pod uid 0": ("podSecurityContext: {runAsUser: 0}", "/podSecurityContext/runAsUser"),
+    "pod seccomp Unconfined": ("podSecurityContext: {seccompProfile: {type: Unconfined}}", "/podSecurityContext/seccompProfile/type"),
+    "container runs as root allowed": ("containerSecurityContext: {runAsNonRoot: false}", "/containerSecurityContext/runAsNonRoot"),
+    "writable root filesystem": ("containerSecurityContext: {readOnlyRootFilesystem: false}",
+                                 "/containerSecurityContext/readOnlyRootFilesystem"),
+    "read-only root removed": ("containerSecurityContext: {readOnlyRootFilesystem: null}",
+                               "/containerSecurityContext': missing property 'readOnlyRootFilesystem'"),
+    "privilege escalation": ("containerSecurityContext: {allowPrivilegeEscalation: true}",
+                             "/containerSecurityContext/allowPrivilegeEscalation"),
+    "privileged": ("containerSecurityContext: {privileged: true}", "/containerSecurityContext/privileged"),
+    "capabilities kept": ("containerSecurityContext: {capabilities: {drop: [NET_RAW]}}", "/containerSecurityContext/capabilities/drop"),
+    "capabilities not dropped": ("containerSecurityContext: {capabilities: {drop: null}}",
+                                 "/containerSecurityContext/capabilities': missing property 'drop'"),
+    "capability added": ("containerSecurityContext: {capabilities: {add: [NET_ADMIN]}}", "/containerSecurityContext/capabilities/add"),
+    "container seccomp Unconfined": ("containerSecurityContext: {seccompProfile: {type: Unconfined}}",
+                                     "/containerSecurityContext/seccompProfile/type"),
+    "Qdrant runs as root allowed": ("qdrant: {podSecurityContext: {runAsNonRoot: false}}", "/qdrant/podSecurityContext/runAsNonRoot"),
+}
+
+
+@pytest.mark.parametrize("case", WEAKENED_SECURITY)
+def test_weakened_security_needs_the_unsafe_flag(helm, tmp_path, case):
+    body, path = WEAKENED_SECURITY[case]
+    values = tmp_path / "weakened.yaml"
+    values.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{body}\n")
+    for result in (_template(helm, values), helm("lint", "--strict", str(CHART), "-f", str(values))):
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        # The refusal names both ways out: the flag, and the weakened key.
+        assert "at '/security/allowUnsafe': value must be true" in output and path in output, output
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("security: {allowUnsafe: true}\n")
+    result = _template(helm, values, unsafe)
+    assert result.returncode == 0, result.stderr
+    if case == "privileged":  # the weakened value renders as given
+        containers = [c for _, t in _all_pods(_objects(result.stdout)) for c in t["spec"]["containers"]]
+        assert containers and all(c["securityContext"]["privileged"] is True for c in containers)
+
+
+def test_unsafe_flag_is_off_and_nothing_it_guards_can_be_removed(helm, tmp_path):
+    """The flag defaults to false and cannot be deleted; the security contexts cannot be deleted
+    either, flag or not (the templates render them into every pod)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["security"] == {"allowUnsafe": False}
+    cases = {"security: null": "missing property 'security'",
+             "security: {allowUnsafe: true}\npodSecurityContext: null\ncontainerSecurityContext: null":
+                 "missing properties 'podSecurityContext', 'containerSecurityContext'"}
+    for body, message in cases.items():
+        removed = tmp_path / "removed.yaml"
+        removed.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{body}\n")
+        result = _template(helm, removed)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_schema_forbids_unknown_keys_everywhere():

@@ -9,8 +9,9 @@ import pytest
 from gensar import data
 from gensar.data import Dataset
 from gensar.events import InteractionEvent
+from gensar.layout import Layout
 from identifiers.assign import add_items, coder, drifted_items, recode_items
-from identifiers.build import BuildConfig, build_identifiers, collaborative_dir, top_items_slice
+from identifiers.build import BuildConfig, build_identifiers, top_items_slice
 from identifiers.collaborative import CollaborativeConfig, Item2Vec
 from identifiers.collisions import collision_rate
 from identifiers.idmap import IdentifierMap, MapStore
@@ -36,7 +37,7 @@ def world(bundled_data, tmp_path_factory):
     late = sorted(full.items)[:LATE]
     ds = without(full, set(late))
     train = data.leave_one_out(ds).train
-    state = tmp_path_factory.mktemp("ids-state")
+    state = Layout.under(tmp_path_factory.mktemp("ids-state"))
     result = build_identifiers(ds, train, SMALL, state, progress=False)
     return full, ds, train, late, state, result
 
@@ -60,9 +61,9 @@ def test_every_item_gets_unique_search_and_rec_ids_with_a_common_prefix(world):
     assert idmap.search_codes.shape[1] >= 4 and idmap.rec_codes.shape[1] >= 4
     assert idmap.search_codes.max() < 16 and idmap.rec_codes.max() < 16
     assert (idmap.search_codes[:, 2:4] != idmap.rec_codes[:, 2:4]).any(axis=1).mean() > 0.5  # the tasks differ
-    saved = MapStore(IdentifierSettings.maps_dir(state)).load()
+    saved = MapStore(state.identifier_maps).load()
     assert saved == idmap and saved.version == "v1"
-    assert Item2Vec.load(collaborative_dir(state, "v1")).item_ids[:3] == result.item2vec.item_ids[:3]
+    assert Item2Vec.load(state.collaborative_state("v1")).item_ids[:3] == result.item2vec.item_ids[:3]
 
 
 def test_only_training_events_build_the_ids(world):
@@ -78,14 +79,14 @@ def test_a_new_item_gets_ids_without_retraining_and_existing_ids_stay(world):
     full, _, _, late, state, result = world
     v1 = result.idmap
     texts = item_texts(full, data.leave_one_out(full).train)
-    encoder = SemanticEncoder(IdentifierSettings().cache_path(), progress=False)
+    encoder = SemanticEncoder(state.embeddings, progress=False)
     semantic = encoder.encode([texts[i] for i in late])
     encoder.close()
-    item2vec = Item2Vec.load(collaborative_dir(state, "v1"))  # the stream's model goes on from the bootstrap's
+    item2vec = Item2Vec.load(state.collaborative_state("v1"))  # the stream's model goes on from the bootstrap's
     for event in (e for e in full.interactions if e.item_id in late):
         item2vec.partial_fit([([], event.item_id)])
     collaborative = item2vec.vectors(late)
-    store = MapStore(IdentifierSettings.maps_dir(state))
+    store = MapStore(state.identifier_maps)
     v2 = add_items(v1, store.next_version(), late, semantic, collaborative)
     store.save(v2)
     assert v2.parent == "v1" and sorted(v2.diff.added) == sorted(late) and not v2.diff.recoded
@@ -103,9 +104,9 @@ def test_a_new_item_gets_ids_without_retraining_and_existing_ids_stay(world):
 
 def test_a_drifted_item_is_recoded_only_in_a_new_version(world):
     _, _, _, _, state, result = world
-    store = MapStore(IdentifierSettings.maps_dir(state))
+    store = MapStore(state.identifier_maps)
     parent = store.load()
-    item2vec = Item2Vec.load(collaborative_dir(state, "v1"))
+    item2vec = Item2Vec.load(state.collaborative_state("v1"))
     items = list(parent.item_ids[:50])
     drifter = min(items, key=lambda i: item2vec.counts[item2vec.rows[i]])  # the least established vector
     crowd = [i for i in items if i != drifter][-20:]
@@ -133,7 +134,7 @@ def test_ablation_modes_build_valid_maps(world, mode, tmp_path):
     _, ds, train, *_ = world
     config = BuildConfig(rqvae=RQVAEConfig(**{**SMALL.rqvae.model_dump(), "mode": mode, "epochs": 5}),
                          collaborative=SMALL.collaborative)
-    idmap = build_identifiers(ds, train, config, tmp_path, progress=False, save=False).idmap
+    idmap = build_identifiers(ds, train, config, Layout.under(tmp_path), progress=False, save=False).idmap
     assert collision_rate(idmap.search_codes) == 0.0 and collision_rate(idmap.rec_codes) == 0.0
     if mode == "semantic_only":
         np.testing.assert_array_equal(idmap.search_codes, idmap.rec_codes)

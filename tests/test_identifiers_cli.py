@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from cli.main import app
+from gensar.layout import Layout
 
 
 def test_ids_build_then_stats(tmp_path, monkeypatch):
@@ -18,7 +19,7 @@ def test_ids_build_then_stats(tmp_path, monkeypatch):
     built = runner.invoke(app, ["ids", "build", "--items", "80", "--config", str(config), "--epochs", "3"])
     assert built.exit_code == 0, built.output
     assert "map v1: 80 items" in built.output and "80 points written" in built.output
-    assert (tmp_path / "identifiers" / "maps" / "v1" / "manifest.json").exists()
+    assert (Layout.of().identifier_maps / "v1" / "manifest.json").exists()
     shown = runner.invoke(app, ["ids", "stats", "--json"])
     assert shown.exit_code == 0, shown.output
     stats = json.loads(shown.output)

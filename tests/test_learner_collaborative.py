@@ -14,6 +14,7 @@ import ray
 from prometheus_client import REGISTRY
 
 from gensar import data
+from gensar.layout import Layout
 from gensar.replay import make_producer
 from gensar.topics import ITEMS, TRAINING_SAMPLES
 from identifiers.build import build_identifiers, top_items_slice
@@ -38,10 +39,10 @@ def bootstrapped(bundled_data, tmp_path_factory):
     late = sorted(full.items)[:LATE]
     ds = without(full, set(late))
     split = data.leave_one_out(ds)
-    state = tmp_path_factory.mktemp("collab-state")
+    state = Layout.under(tmp_path_factory.mktemp("collab-state"))
     result = build_identifiers(ds, split.train, SMALL, state, progress=False)
-    qdrant = QdrantSettings(path=state / "qdrant")
-    with ItemVectorStore(qdrant) as store:
+    qdrant = QdrantSettings()  # embedded, in the layout's state
+    with ItemVectorStore(state.qdrant, qdrant) as store:
         store.upsert_items(list(result.item_ids), [ds.items[i].title for i in result.item_ids], result.semantic,
                            result.collaborative, result.warm, result.idmap)
     late_events = [e for e in full.interactions if e.item_id in late]
@@ -52,9 +53,9 @@ def bootstrapped(bundled_data, tmp_path_factory):
 
 def own_copy(bootstrapped, tmp_path):
     """The bootstrapped state for one test alone (the updater writes map versions into it)."""
-    full, ds, late, state, _, fresh = bootstrapped
-    shutil.copytree(state, tmp_path / "state")
-    return full, ds, late, tmp_path / "state", QdrantSettings(path=tmp_path / "state" / "qdrant"), fresh
+    full, ds, late, state, qdrant, fresh = bootstrapped
+    shutil.copytree(state.state, tmp_path / "state")
+    return full, ds, late, Layout.under(tmp_path / "state", state.cache), qdrant, fresh
 
 
 def produce(kafka, upserts, samples) -> None:
@@ -74,7 +75,7 @@ def updater(state, kafka, ds, qdrant, drift_threshold: float) -> CollaborativeUp
 
 def test_new_items_get_ids_drifted_items_are_recoded_and_a_restart_resumes(bootstrapped, kafka, tmp_path):
     full, ds, late, state, qdrant, fresh = own_copy(bootstrapped, tmp_path)
-    maps = MapStore(IdentifierSettings.maps_dir(state))
+    maps = MapStore(state.identifier_maps)
     v1 = maps.load("v1")
     produce(kafka, [full.items[i] for i in late], fresh)
 
@@ -111,7 +112,7 @@ def test_new_items_get_ids_drifted_items_are_recoded_and_a_restart_resumes(boots
             assert ids["rec"][0] == list(parent.rec_id(item)), item
         assert all(item in late for item in version.diff.added)
 
-    with ItemVectorStore(qdrant) as store:
+    with ItemVectorStore(state.qdrant, qdrant) as store:
         for item in added:
             point = store.get(item, with_vectors=True)
             assert point is not None and point["title"] == full.items[item].title
@@ -130,17 +131,16 @@ def test_new_items_get_ids_drifted_items_are_recoded_and_a_restart_resumes(boots
         second.close()
 
 
-def test_the_ray_actor_publishes_map_versions_on_its_schedule(bootstrapped, kafka, tmp_path, monkeypatch):
+def test_the_ray_actor_publishes_map_versions_on_its_schedule(bootstrapped, kafka, tmp_path):
     full, ds, late, state, qdrant, fresh = own_copy(bootstrapped, tmp_path)
-    monkeypatch.setenv("GENSAR_QDRANT__PATH", str(qdrant.path))  # the actor reads its settings from the environment
     produce(kafka, [full.items[i] for i in late], fresh)
     ensure_ray(num_cpus=2)
     try:
-        actor = Collaborative.remote(str(state), kafka, ds,
+        actor = Collaborative.remote(state, kafka, ds,
                                      LearnerSettings(collaborative=CollaborativeSettings(every_seconds=1.0)))
         running = actor.run.remote()
         assert ray.get(actor.map_version.remote(), timeout=120) == "v1"
-        maps = MapStore(IdentifierSettings.maps_dir(state))
+        maps = MapStore(state.identifier_maps)
         deadline = time.monotonic() + 120
         while not set(late) & set(maps.load().item_ids) and time.monotonic() < deadline:
             time.sleep(1)

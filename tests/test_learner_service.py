@@ -18,6 +18,7 @@ import pytest
 import ray
 
 from gensar.data import event_order
+from gensar.layout import Layout
 from gensar.replay import make_producer
 from gensar.topics import TRAINING_SAMPLES
 from infra.ray_local import ensure_ray
@@ -44,8 +45,8 @@ def world(tmp_path_factory):
     train(model, build_pools(renderer, [e for e in events if int(e.user_id) < 24]), TaskMix(), settings,
           vocab, progress=False)
     GenSARModel(model, vocab, TINY, renderer.settings, idmap.version, idmap.fingerprint()).save(
-        state / "models" / "base" / "tiny")
-    idmap_path = idmap.save(state / "maps")
+        Layout.under(state).base_model("tiny"))
+    idmap_path = idmap.save(state / "pinned-map")  # given with --idmap: the learner does not follow the map store
     fresh = stream_samples([e for e in events if int(e.user_id) >= 24])
     return ds, state, idmap_path, fresh
 
@@ -58,12 +59,11 @@ def local_ray():
     ray.shutdown()
 
 
-def fresh_state(base_state: Path, tmp_path: Path) -> Path:
-    """A deployment's own state directory holding the shared base model: the learner's
+def fresh_state(base_state: Path, tmp_path: Path) -> Layout:
+    """A deployment's own state and artifacts holding the shared base model: the learner's
     buffer remembers the samples it saw, so two deployments never share one."""
-    state = tmp_path / "state"
-    shutil.copytree(base_state, state)
-    return state
+    shutil.copytree(base_state, tmp_path / "state")
+    return Layout.under(tmp_path / "state")
 
 
 def produce(kafka, samples) -> None:
@@ -81,17 +81,16 @@ SETTINGS = LearnerSettings(refresh_every_samples=100, min_samples=50, refresh_ev
 
 def test_versions_are_trained_gated_announced_and_rolled_back(world, local_ray, kafka, tmp_path):
     ds, base_state, idmap_path, fresh = world
-    state = fresh_state(base_state, tmp_path)
-    registry_root = tmp_path / "registry"
+    layout = fresh_state(base_state, tmp_path)
     half = len(fresh) // 2
-    common = dict(state_dir=state, kafka=kafka, ds=ds, base_name="tiny", settings=SETTINGS,
-                  registry_root=registry_root, idmap_path=idmap_path, max_refreshes=1)
+    common = dict(layout=layout, kafka=kafka, ds=ds, base_name="tiny", settings=SETTINGS,
+                  idmap_path=idmap_path, max_refreshes=1)
 
     produce(kafka, fresh[:half])
     first = service.run(**common)
     produce(kafka, fresh[half:])
     second = service.run(**common)  # a restart: resumes from the committed offsets
-    registry = Registry(LocalArtifactStore(registry_root))
+    registry = Registry(LocalArtifactStore(layout.registry))
     assert [d.version for d in [*first, *second]] == ["r0001", "r0002"]
     assert registry.manifest("r0001").window.replayed == 0
     assert registry.manifest("r0002").parent == (first[0].version if first[0].status == "promoted" else None)
@@ -110,7 +109,7 @@ def test_versions_are_trained_gated_announced_and_rolled_back(world, local_ray, 
     assert announced == [("r0001", "candidate"), ("r0001", first[0].status), ("r0002", "candidate"),
                          ("r0002", second[0].status), ("r0003", "candidate"), ("r0003", "rejected")]
     if len(promoted) == 2:
-        Registry(LocalArtifactStore(registry_root)).rollback(reason="test")
+        Registry(LocalArtifactStore(layout.registry)).rollback(reason="test")
         assert registry.serving() == promoted[0]
     else:  # the gate held one back: nothing to roll back to is a clear error
         with pytest.raises(Exception, match="nothing to roll back to"):
@@ -122,10 +121,10 @@ def test_a_learner_stopped_mid_refresh_publishes_nothing_and_resumes(world, kafk
     """SIGKILL: a crash. SIGINT (Ctrl-C; SIGTERM does the same): the learner exits at once,
     abandoning the refresh instead of finishing minutes of training."""
     ds, base_state, idmap_path, fresh = world
-    state = fresh_state(base_state, tmp_path)
+    layout = fresh_state(base_state, tmp_path)
     produce(kafka, fresh)
-    env = {**os.environ, "GENSAR_STATE_DIR": str(state), "GENSAR_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "GENSAR_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "GENSAR_REGISTRY__URI": str(tmp_path / "registry"),
+    env = {**os.environ, **layout.environment(), "GENSAR_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "GENSAR_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
            "GENSAR_LEARNER__REFRESH_EVERY_SAMPLES": "100", "GENSAR_LEARNER__METRICS_PORT": "0",
            "GENSAR_LEARNER__DEVICE": "cpu", "GENSAR_LEARNER__TRAINING__EPOCHS": "200", "RAY_ADDRESS": ""}
     cmd = [sys.executable, "-m", "cli.main", "learner", "--base", "tiny", "--idmap", str(idmap_path),
@@ -149,7 +148,7 @@ def test_a_learner_stopped_mid_refresh_publishes_nothing_and_resumes(world, kafk
             assert "refresh r0001 abandoned" in log.read_text()
     finally:
         kill_tree(proc.pid)
-    registry = Registry(LocalArtifactStore(tmp_path / "registry"))
+    registry = Registry(LocalArtifactStore(layout.registry))
     assert registry.store.keys() == [] and registry.decisions() == []
     assert read_announcements(kafka) == []
 

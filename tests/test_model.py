@@ -19,7 +19,7 @@ from identifiers.semantic import item_texts
 from model.artifact import GenSARModel
 from model.generate import beam_search, prefill, score, score_ids, search
 from model.modeling import ModelSettings, build_model, parameter_count, parts
-from model.tasks import ALIGNMENT, KIND, TASKS, RenderSettings, Renderer, TaskMix, build_pools, epoch_order
+from model.tasks import ALIGNMENT, KIND, RenderSettings, Renderer, TaskMix, build_pools, epoch_order
 from model.train import TrainSettings, batches, train
 from model.vocab import IdLayout, Vocabulary
 

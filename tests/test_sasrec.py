@@ -11,7 +11,7 @@ import torch
 from evaluation.baselines import Popularity
 from evaluation.metrics import expected_metrics, rank_counts
 from evaluation.protocols import cases, paper_candidates
-from evaluation.sasrec import SASRec, SASRecConfig, tune_sasrec, windows
+from evaluation.sasrec import SASRecConfig, tune_sasrec, windows
 from gensar.data import Dataset, leave_one_out
 from gensar.events import InteractionEvent, ItemUpsert
 

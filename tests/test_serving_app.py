@@ -63,7 +63,7 @@ def served(tmp_path_factory):
     tables = UserTables()
     threading.Thread(target=tables.serve_forever, daemon=True).start()
     env = pytest.MonkeyPatch()  # Ray's workers inherit this process' environment at ray.init
-    for key, value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "GENSAR_CACHE_DIR": str(root / "cache")}.items():
+    for key, value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}.items():
         env.setenv(key, value)
     import ray
     from ray import serve
@@ -74,9 +74,9 @@ def served(tmp_path_factory):
     ensure_ray(num_cpus=2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    overrides = {"state_dir": str(world.root()), "catalogue": str(world.catalogue_dir()), "poll_s": 0.5, "beam_size": 10,
+    overrides = {"catalogue": str(world.settings.catalogue_dir()), "poll_s": 0.5, "beam_size": 10,
                  "max_batch_size": 8, "admin_token": TOKEN, "follow_items": False, "streams_url": f"http://127.0.0.1:{tables.server_address[1]}"}
-    serve.run(build(overrides), name="gensar", route_prefix="/")
+    serve.run(build(overrides, world.layout), name="gensar", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     yield client, world, tables
     client.close()
@@ -294,7 +294,7 @@ def test_a_swap_under_a_steady_stream_fails_nothing_and_mixes_nothing(served):
     for t in threads:
         t.start()
     time.sleep(1.0)
-    Registry(LocalArtifactStore(world.registry_dir())).promote("v2")
+    Registry(LocalArtifactStore(world.layout.registry)).promote("v2")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(v == "v2" for _, v, _ in results[-5:]):
         time.sleep(0.2)

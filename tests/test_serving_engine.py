@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from gensar.data import leave_one_out, load
 from gensar.events import ItemUpsert
+from gensar.layout import Layout
 from gensar.replay import make_producer
 from gensar.topics import ITEMS
 from identifiers.idmap import MapStore
@@ -36,19 +38,27 @@ NEW_ITEM = "900"  # in the catalogue, in map tiny2 (adapter v2), unknown to tiny
 TRAIN = TrainSettings(epochs=3, batch_tokens=1024, warmup_steps=5, learning_rate=5e-3, log_every=5, device="cpu")
 
 
-def build_world(root: Path) -> ServingSettings:
-    """A deployment's state directory: base model `tiny` (map tiny1), adapters v1 (joint,
+@dataclass(frozen=True)
+class World:
+    """A deployment's artifact store (layout) and the serving settings that read it."""
+    settings: ServingSettings
+    layout: Layout
+
+
+def build_world(root: Path) -> World:
+    """A deployment's artifact store: base model `tiny` (map tiny1), adapters v1 (joint,
     tiny1, promoted), v2 (joint, tiny2: one more item, candidate) and s1 (search only, tiny1,
     candidate); the catalogue as MovieLens CSV."""
     ds, idmap = tiny_world()
     vocab, renderer, model = tiny_model(ds, idmap)
     train(model, build_pools(renderer, leave_one_out(ds).train), TaskMix(), TRAIN, vocab, progress=False)
-    maps = MapStore(root / "identifiers" / "maps")
+    layout = Layout.under(root, cache=root / "cache")
+    maps = MapStore(layout.identifier_maps)
     maps.save(idmap)
     maps.save(idmap.derive("tiny2", [NEW_ITEM], np.array([[7, 7, 7]]), np.array([[7, 7, 7]])))
-    GenSARModel(model, vocab, TINY, renderer.settings, idmap.version, idmap.fingerprint()).save(root / "models" / "base" / "tiny")
+    GenSARModel(model, vocab, TINY, renderer.settings, idmap.version, idmap.fingerprint()).save(layout.base_model("tiny"))
     samples = [s for pool in build_pools(renderer, leave_one_out(ds).train).values() for s in pool]
-    registry = Registry(LocalArtifactStore(root / "registry"))
+    registry = Registry(LocalArtifactStore(layout.registry))
     for version, task, map_version, seed in (("v1", "joint", "tiny1", 1), ("v2", "joint", "tiny2", 2), ("s1", "search", "tiny1", 3)):
         adapted, report = tune(model, samples, vocab, TRAIN.model_copy(update={"epochs": 1, "seed": seed}), LoraSettings(r=4))
         directory = save_adapter(adapted, root / "adapters-out" / version)
@@ -68,7 +78,7 @@ def build_world(root: Path) -> ServingSettings:
         w.writerow(["userId", "movieId", "rating", "timestamp"])
         for e in ds.interactions:
             w.writerow([e.user_id, e.item_id, e.value, int(e.timestamp)])
-    return ServingSettings(state_dir=root, catalogue=catalogue, poll_s=0.5, beam_size=10, max_batch_size=8)
+    return World(ServingSettings(catalogue=catalogue, poll_s=0.5, beam_size=10, max_batch_size=8), layout)
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +88,15 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(world, tmp_path_factory):
-    catalogue = Catalogue.of(load(world.catalogue_dir()))
+    catalogue = Catalogue.of(load(world.settings.catalogue_dir()))
     dense = DenseIndex(catalogue, tmp_path_factory.mktemp("embeddings"))
-    engine = Engine(Loader(world, catalogue), catalogue, dense, beam_size=world.beam_size)
+    engine = Engine(Loader(world.settings, world.layout, catalogue), catalogue, dense, beam_size=world.settings.beam_size)
     engine.refresh()
     return engine
 
 
 def registry(world) -> Registry:
-    return Registry(LocalArtifactStore(world.registry_dir()))
+    return Registry(LocalArtifactStore(world.layout.registry))
 
 
 def test_both_tasks_answer_valid_items_labelled_with_their_version(engine):
@@ -180,16 +190,21 @@ def test_in_flight_batches_finish_on_their_version_during_swaps(engine, world):
     assert seen and all(items == reference[version] for version, items in seen)
 
 
-def test_settings_refuse_unknown_keys_and_ambiguous_base_models(tmp_path):
+def test_settings_refuse_unknown_keys_and_the_layout_refuses_ambiguous_base_models(tmp_path):
     with pytest.raises(ValueError, match="surprise"):
         ServingSettings(surprise=1)
     with pytest.raises(ValueError):
         ServingSettings(max_k=101)  # beyond the published schema's limit
+    layout = Layout.under(tmp_path)
+    with pytest.raises(FileNotFoundError, match="exactly one base model, found \\[\\]"):
+        layout.base_model()
     for name in ("a", "b"):
-        (tmp_path / "models" / "base" / name).mkdir(parents=True)
+        (layout.base_models / name).mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="exactly one base model"):
-        ServingSettings(state_dir=tmp_path).base_dir()
-    assert ServingSettings(state_dir=tmp_path, base_model="b").base_dir() == tmp_path / "models" / "base" / "b"
+        layout.base_model()
+    assert layout.base_model("b") == layout.base_models / "b"
+    (layout.base_models / "a").rmdir()
+    assert layout.base_model() == layout.base_models / "b"
 
 
 @pytest.mark.integration
@@ -223,13 +238,12 @@ def test_with_a_shared_collection_the_look_up_reads_the_identifiers_item_vectors
     """The identifiers part's collection (identifiers.vectors, here embedded on a path; a
     Qdrant server in a deployment) answers the look-up, including items only it knows."""
     from identifiers.semantic import SemanticEncoder
-    from identifiers.settings import QdrantSettings
     from identifiers.vectors import ItemVectorStore
 
     titles = {"961": "quokka harbour festival", "5": engine.catalogue.titles["5"]}
     encoder = SemanticEncoder(tmp_path / "embeddings", progress=False)
     semantic = encoder.encode(list(titles.values()))
-    with ItemVectorStore(QdrantSettings(path=tmp_path / "qdrant")) as store:
+    with ItemVectorStore(tmp_path / "qdrant") as store:
         store.upsert_items(list(titles), list(titles.values()), semantic, np.eye(2, 8, dtype=np.float32))
         dense = DenseIndex(engine.catalogue, tmp_path / "embeddings", shared=store)
         dense.add("961", "ignored: the identifiers part writes the shared collection")

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from gensar.data import load
+from gensar.layout import Layout
 from learner.registry import Decision, LocalArtifactStore, Registry
 from serving.bundle import BundleError, Loader
 from serving.catalogue import Catalogue
@@ -28,7 +29,7 @@ from serving.control import read_control
 from serving.engine import Engine
 from serving.settings import ServingSettings
 from test_serving_app import TOKEN, UserTables, admin
-from test_serving_engine import build_world
+from test_serving_engine import World, build_world
 
 CLIENTS = 16
 BODY = {"user_id": "stream", "k": 5, "history": ["40", "41", "42"]}
@@ -36,24 +37,24 @@ QUEUED = 32  # requests the proxy holds for the replicas beyond what they take (
 REASONS = {"bad-sum": "corrupt", "bad-map": "map-missing", "bad-base": "wrong-base"}
 
 
-def publish_bad_versions(world: ServingSettings, tmp: Path) -> None:
+def publish_bad_versions(world: World, tmp: Path) -> None:
     """Three candidates built from v1's adapter: bad-sum (an adapter file damaged after
     publication: its checksum no longer matches), bad-map (its identifier map tiny404 was
     never saved), bad-base (it loads, but its manifest says it was trained on another base)."""
-    registry = Registry(LocalArtifactStore(world.registry_dir()))
+    registry = Registry(LocalArtifactStore(world.layout.registry))
     manifest, adapter = registry.fetch("v1", tmp / "v1")
     for version, update in (("bad-sum", {}), ("bad-map", {"idmap_version": "tiny404"}),
                             ("bad-base", {"base_model": "tiny-other"})):
         registry.publish(adapter, manifest.model_copy(update={"version": version, **update}))
-    stored = world.registry_dir() / "adapters" / "bad-sum"
+    stored = world.layout.registry / "adapters" / "bad-sum"
     target = max((p for p in stored.iterdir() if p.name != "manifest.json"), key=lambda p: p.stat().st_size)
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     target.write_bytes(bytes(data))
 
 
-def promote(world: ServingSettings, version: str) -> None:
-    registry = Registry(LocalArtifactStore(world.registry_dir()))
+def promote(world: World, version: str) -> None:
+    registry = Registry(LocalArtifactStore(world.layout.registry))
     if version == "bad-sum":  # promote() verifies the artifact, so the decision a gate wrote before the damage
         registry.store.append("decisions.jsonl", Decision(version=version, status="promoted",
                                                           reason="passed the gate (damaged since)").model_dump_json().encode())
@@ -74,10 +75,10 @@ def world(tmp_path_factory):
 
 def test_the_engine_refuses_each_bad_version_once_and_a_later_good_one_serves(world, tmp_path):
     root = tmp_path / "state"
-    shutil.copytree(world.root(), root)
-    own = world.model_copy(update={"state_dir": root})
-    catalogue = Catalogue.of(load(own.catalogue_dir()))
-    engine = Engine(Loader(own, catalogue), catalogue, beam_size=own.beam_size)
+    shutil.copytree(world.layout.artifacts, root)
+    own = World(world.settings, Layout.under(root))
+    catalogue = Catalogue.of(load(own.settings.catalogue_dir()))
+    engine = Engine(Loader(own.settings, own.layout, catalogue), catalogue, beam_size=own.settings.beam_size)
     loads = []
     real_load = engine.loader.load
     engine.loader.load = lambda version: loads.append(version) or real_load(version)
@@ -100,7 +101,7 @@ def test_the_engine_refuses_each_bad_version_once_and_a_later_good_one_serves(wo
     promote(own, "v2")  # a good version after three bad ones (one of them unreadable) serves
     assert [(s.task, s.new) for s in engine.refresh()] == [("search", "v2"), ("rec", "v2")] and not engine.held_back
     promote(own, "bad-sum")
-    fresh = Engine(Loader(own, catalogue), catalogue, beam_size=own.beam_size)
+    fresh = Engine(Loader(own.settings, own.layout, catalogue), catalogue, beam_size=own.settings.beam_size)
     fresh.refresh()  # a replica starting while a damaged version is the newest: the next in line serves
     assert {b.version for b in fresh.slots.values()} == {"v2"} and fresh.held_back["rec"].reason == "corrupt"
 
@@ -113,8 +114,7 @@ def faults(world):
     tables = UserTables()
     threading.Thread(target=tables.serve_forever, daemon=True).start()
     env = pytest.MonkeyPatch()
-    for key, value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-                       "GENSAR_CACHE_DIR": str(world.root() / "cache")}.items():
+    for key, value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}.items():
         env.setenv(key, value)
     import ray
     from ray import serve
@@ -127,10 +127,10 @@ def faults(world):
     port = free_port()
     # An end-to-end limit at the proxy: no request waits longer (408), whatever happens behind it.
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
-    overrides = {"state_dir": str(world.root()), "catalogue": str(world.catalogue_dir()), "poll_s": 0.5, "beam_size": 10,
+    overrides = {"catalogue": str(world.settings.catalogue_dir()), "poll_s": 0.5, "beam_size": 10,
                  "max_batch_size": 8, "admin_token": TOKEN, "follow_items": False, "dense": False, "replicas": 2,
                  "replica_cpus": 1.0, "swap_stagger_s": 0.5, "max_queued_requests": QUEUED, "streams_url": f"http://127.0.0.1:{tables.server_address[1]}"}
-    serve.run(build(overrides), name="gensar", route_prefix="/")
+    serve.run(build(overrides, world.layout), name="gensar", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     state = {"tables": tables}
     yield client, world, state
@@ -282,7 +282,7 @@ def test_admin_answers_409_for_a_version_that_cannot_serve_and_serving_stays(fau
         response = admin(client, "/admin/pin", {"task": "rec", "version": version})
         assert response.status_code == 409, response.text
         assert reason in response.json()["detail"] and "taken back" in response.json()["detail"], response.text
-        assert read_control(world.registry_dir()).pins == {}  # the pin is taken back for every replica
+        assert read_control(world.layout.serving_control).pins == {}  # the pin is taken back for every replica
         assert client.post("/recommend", json=BODY).json()["model_version"] == "v2"
     promote(world, "bad-map")  # the registry's choice cannot serve: reload says so, serving stays
     reload = admin(client, "/admin/reload")

@@ -5,7 +5,7 @@ import pytest
 
 from gensar.settings import PART_PREFIXES, Settings, SettingsError, StrictSettings
 from identifiers.settings import IdentifierSettings, QdrantSettings
-from learner.settings import LearnerSettings, RegistrySettings
+from learner.settings import LearnerSettings
 from serving.settings import ServingSettings
 from streams.settings import StreamSettings
 
@@ -18,7 +18,7 @@ CASES = [
     (ServingSettings, "GENSAR_SERVING__BEAM_SIZE", "12", lambda s: s.beam_size == 12, "GENSAR_SERVING__BEAM_SIZ"),
     (LearnerSettings, "GENSAR_LEARNER__MIN_SAMPLES", "5", lambda s: s.min_samples == 5, "GENSAR_LEARNER__MIN_SAMPLE"),
     (LearnerSettings, "GENSAR_LEARNER__LORA__ALPHA", "4", lambda s: s.lora.alpha == 4, "GENSAR_LEARNER__LORA__ALPA"),
-    (RegistrySettings, "GENSAR_REGISTRY__URI", "/tmp/r", lambda s: s.uri == "/tmp/r", "GENSAR_REGISTRY__URL"),
+    (Settings, "GENSAR_ARTIFACTS_DIR", "/tmp/a", lambda s: str(s.artifacts_dir) == "/tmp/a", "GENSAR_ARTIFACT_DIR"),
     (IdentifierSettings, "GENSAR_IDS__DEVICE", "cpu", lambda s: s.device == "cpu", "GENSAR_IDS__DEVISE"),
     (QdrantSettings, "GENSAR_QDRANT__COLLECTION", "c", lambda s: s.collection == "c", "GENSAR_QDRANT__COLECTION"),
 ]
@@ -44,7 +44,7 @@ def test_the_root_settings_leave_each_part_its_own_variables_but_refuse_a_misspe
 
 
 def test_every_part_settings_class_is_strict_and_registered():
-    classes = [StreamSettings, ServingSettings, LearnerSettings, RegistrySettings, IdentifierSettings, QdrantSettings]
+    classes = [StreamSettings, ServingSettings, LearnerSettings, IdentifierSettings, QdrantSettings]
     assert all(issubclass(c, StrictSettings) for c in classes)
     assert sorted(c.model_config["env_prefix"] for c in classes) == sorted(PART_PREFIXES)
     with pytest.raises(TypeError, match="PART_PREFIXES"):

@@ -94,14 +94,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{- define "gensar.registryUri" -}}
-{{- if eq .Values.artifacts.type "s3" }}
-{{- required "artifacts.s3.uri is required when artifacts.type is s3" .Values.artifacts.s3.uri }}
-{{- else }}
-{{- .Values.artifacts.mountPath }}
-{{- end }}
-{{- end }}
-
 {{/* The non-secret environment of every GenSAR process, as a YAML map. The ConfigMap renders it
 as data; the pre-install topic Job (which runs before the ConfigMap exists) renders it inline. */}}
 {{- define "gensar.configData" -}}
@@ -124,20 +116,17 @@ GENSAR_KAFKA__SASL_MECHANISM: {{ . | quote }}
 GENSAR_KAFKA__SSL_CAFILE: "/etc/gensar/kafka-ca/{{ .Values.kafka.tls.caKey }}"
 {{- end }}
 GENSAR_QDRANT__URL: {{ include "gensar.qdrantUrl" . | quote }}
-GENSAR_REGISTRY__URI: {{ include "gensar.registryUri" . | quote }}
+# The artifact store every part reads (registry, base models, identifier maps, pins): the shared volume.
+GENSAR_ARTIFACTS_DIR: {{ .Values.artifacts.mountPath | quote }}
 # Listen on the pod address (the defaults bind loopback), for probes, peers and Prometheus.
 GENSAR_STREAMS__WEB_HOST: "0.0.0.0"
 GENSAR_STREAMS__WEB_PORT: {{ .Values.streams.webPort | quote }}
 GENSAR_STREAMS__METRICS_HOST: "0.0.0.0"
 GENSAR_STREAMS__METRICS_PORT: {{ .Values.streams.metricsPort | quote }}
 GENSAR_LEARNER__METRICS_PORT: {{ .Values.learner.metricsPort | quote }}
-{{- if eq .Values.artifacts.type "s3" }}
-{{- with .Values.artifacts.s3.endpoint }}
-AWS_ENDPOINT_URL: {{ . | quote }}
-{{- end }}
-{{- with .Values.artifacts.s3.region }}
-AWS_DEFAULT_REGION: {{ . | quote }}
-{{- end }}
+{{- if .Values.streams.enabled }}
+# Serving reads user histories through the stream workers' table API (its default is loopback).
+GENSAR_SERVING__STREAMS_URL: {{ printf "http://%s-streams:%d" (include "gensar.fullname" .) (int .Values.streams.webPort) | quote }}
 {{- end }}
 {{- range $key, $value := .Values.config.extraEnv }}
 {{ $key }}: {{ $value | toString | quote }}
@@ -171,16 +160,6 @@ AWS_DEFAULT_REGION: {{ . | quote }}
 - name: GENSAR_SERVING__ADMIN_TOKEN
   valueFrom:
     secretKeyRef: {name: {{ . }}, key: {{ $.Values.serve.adminToken.key }}}
-{{- end }}
-{{- if eq .Values.artifacts.type "s3" }}
-{{- with .Values.artifacts.s3.existingSecret }}
-- name: AWS_ACCESS_KEY_ID
-  valueFrom:
-    secretKeyRef: {name: {{ . }}, key: {{ $.Values.artifacts.s3.accessKeyIdKey }}}
-- name: AWS_SECRET_ACCESS_KEY
-  valueFrom:
-    secretKeyRef: {name: {{ . }}, key: {{ $.Values.artifacts.s3.secretAccessKeyKey }}}
-{{- end }}
 {{- end }}
 {{- end }}
 
