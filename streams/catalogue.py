@@ -16,7 +16,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from gensar.events import InvalidEvent, ItemUpsert, decode
+from gensar.events import InvalidEvent, ItemUpsert
+from streams.dead_letters import decode_record
 
 log = logging.getLogger("gensar.streams.catalogue")
 
@@ -56,7 +57,7 @@ class CatalogueReplica:
 
     def _learn(self, key: bytes | None, value: bytes | None) -> None:
         try:
-            item = decode(value or b"", ItemUpsert)
+            item = decode_record(value, ItemUpsert)
         except InvalidEvent:
             return  # the catalogue agent dead-letters it
         if key == item.item_id.encode():

@@ -1,7 +1,15 @@
-"""Two corrections to faust-streaming 0.15 that exactly-once processing depends on, both
-found by our kill -9 and rebalance tests on the real broker.
+"""Every use of faust-streaming's (0.15) and aiokafka's internals, in one place: the other
+streams modules use only Faust's public API and the names exported here.
 
-1. How far table recovery must read a changelog partition.
+The corrections are subclasses, installed per app through Faust's own extension point:
+`install(app, kafka)` gives the app (through the public `App.transport` setter) a
+transport whose `Consumer` is ours, before anything creates the consumer. Nothing is
+patched at import, and no other app in the process is touched. `WRITTEN_FOR` is the
+faust-streaming range these were written and tested against; tests/test_faust_fixes.py
+fails on an upgrade that moves or changes any private name relied on here (re-check this
+module then, against our kill -9 and rebalance tests on the real broker).
+
+1. How far table recovery must read a changelog partition (`_ConsumerThread._highwaters`).
 
 Faust recovers a changelog partition until it has applied the record at "highwater - 1".
 Under exactly-once it takes that highwater from the consumer's cached last stable
@@ -17,12 +25,28 @@ The fix: the highwater of a partition is one past its last *committed data recor
 found by reading the partition's tail under read_committed (aborted records and markers
 are skipped). Recovery then ends exactly when that record has been applied.
 
-2. Which fetched records reach the agents. Faust drops a fetched record whose offset is
-below the highest offset it has delivered for the partition. When recovery ends it seeks
-the partitions to their committed offsets; records fetched from before that seek still
-arrive, raise that mark, and the re-fetched records after the committed offset are then
-dropped: a restarted worker silently skipped events. Every fetched record is delivered
-instead, and streams.delivery keeps each partition in order, once.
+2. Which fetched records reach the agents (`Consumer._read_offset`). Faust drops a
+fetched record whose offset is below the highest offset it has delivered for the
+partition. When recovery ends it seeks the partitions to their committed offsets;
+records fetched from before that seek still arrive, raise that mark, and the re-fetched
+records after the committed offset are then dropped: a restarted worker silently skipped
+events. Every fetched record is delivered instead, and streams.delivery keeps each
+partition in order, once.
+
+3. Who commits (`Consumer.commit`). Faust commits a transaction from a timer and while
+waiting out a rebalance, with the offsets acknowledged before it takes the transaction's
+lock ([faust#440], [faust#517]); under exactly-once streams.transactions commits at event
+boundaries instead, and the consumer's own commits (rebalance, shutdown) are routed to it
+(`route_consumer_commits`).
+
+4. Which transaction a send joins (`transactional_id`). Faust routes a send to the
+transaction of its *destination* partition ([faust#323]: a KeyError / no producer for
+topics the app does not consume); we name the transaction of the source partition, in
+the id format Faust's TransactionManager opens transactions under.
+
+[faust#440]: https://github.com/faust-streaming/faust/issues/440
+[faust#517]: https://github.com/faust-streaming/faust/issues/517
+[faust#323]: https://github.com/faust-streaming/faust/issues/323
 """
 
 from __future__ import annotations
@@ -30,12 +54,28 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
+from typing import Any, Awaitable, Callable
 
-from faust.transport.consumer import Consumer
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 from kafka import KafkaConsumer, TopicPartition
 
 from gensar.settings import KafkaSettings
+
+#: The faust-streaming releases these corrections were written for: [first, last) as in
+#: pyproject.toml. Outside it, tests/test_faust_fixes.py fails until this module is re-checked.
+WRITTEN_FOR = ("0.15.3", "0.16")
+#: The same for aiokafka (the consumer thread's `_highwaters` reads its consumer).
+AIOKAFKA_WRITTEN_FOR = ("0.14", "0.15")
+
+#: What an app's Faust-opened transaction for a source partition is called (Faust's
+#: TransactionManager.transactional_id_format); the tripwire test checks it is unchanged.
+TRANSACTIONAL_ID_FORMAT = "{group_id}-{tpg.group}-{tpg.partition}"
+
+CommitHandler = Callable[..., Awaitable[bool]]
+
+
+# --- 1. the highwater recovery reads to ---------------------------------------------------
 
 
 def after_last_committed_records(kafka: KafkaSettings, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -69,29 +109,88 @@ def _after_last_record(consumer: KafkaConsumer, tp: TopicPartition, end: int, wi
     return 0
 
 
+class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, with the highwaters recovery reads up to (fix 1).
+
+    Overrides the private `AIOKafkaConsumerThread._highwaters(partitions)`, which the public
+    `highwaters(*partitions)` (what table recovery calls) runs in this thread. Like the
+    method it replaces, it is used under both processing guarantees."""
+
+    async def _highwaters(self, partitions: list) -> dict:
+        kafka = self.consumer.transport.kafka_settings
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, partial(after_last_committed_records, kafka,
+                          [TopicPartition(tp.topic, tp.partition) for tp in partitions]))
+        return {tp: found[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
+
+
+# --- 2. and 3. the consumer ------------------------------------------------------------------
+
+
 class _NoReadOffsets(dict):
-    """Faust's per-partition "highest offset delivered", always unknown to its fetch loop."""
+    """Faust's per-partition "highest offset delivered", always unknown to its fetch loop
+    (which reads it through `__getitem__`; seeks and revocations still write and pop it)."""
 
     def __getitem__(self, tp):
         return None
 
 
-def _deliver_every_fetched_record(init):
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
+class Consumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer, delivering every fetched record (fix 2), its thread
+    reading highwaters as recovery needs them (fix 1), its commits optionally routed to a
+    handler (fix 3)."""
+
+    #: When set (route_consumer_commits), every commit of this consumer, Faust's own
+    #: included, calls it instead: `await handler(topics, start_new_transaction)`.
+    commit_handler: CommitHandler | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Faust's fetch loop (Consumer._drain_messages) drops a record whose offset is
+        # below `_read_offset[tp]`; with this mapping it never knows one (fix 2).
         self._read_offset = _NoReadOffsets()
 
-    return __init__
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        # The private factory ThreadDelegateConsumer.__init__ calls; the same arguments as
+        # faust's own aiokafka Consumer._new_consumer_thread, our thread class.
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if self.commit_handler is not None:
+            return await self.commit_handler(topics, start_new_transaction)
+        return await super().commit(topics, start_new_transaction=start_new_transaction)
 
 
-def apply(kafka: KafkaSettings) -> None:
-    if not getattr(Consumer.__init__, "_gensar_fixed", False):
-        Consumer.__init__ = _deliver_every_fetched_record(Consumer.__init__)
-        Consumer.__init__._gensar_fixed = True
+class Transport(aiokafka_driver.Transport):
+    """Faust's `kafka://` transport (aiokafka), creating our Consumer. Carries the
+    connection settings the consumer thread reads the changelogs' tails with."""
 
-    async def _highwaters(self: AIOKafkaConsumerThread, tps: list) -> dict:
-        found = await asyncio.get_running_loop().run_in_executor(
-            None, partial(after_last_committed_records, kafka, [TopicPartition(tp.topic, tp.partition) for tp in tps]))
-        return {tp: found[TopicPartition(tp.topic, tp.partition)] for tp in tps}
+    Consumer = Consumer
 
-    AIOKafkaConsumerThread._highwaters = _highwaters
+    def __init__(self, url: list, app: faust.App, *, kafka: KafkaSettings, **kwargs: Any) -> None:
+        super().__init__(url, app, **kwargs)
+        self.kafka_settings = kafka
+
+
+# --- what the other modules call -------------------------------------------------------------
+
+
+def install(app: faust.App, kafka: KafkaSettings) -> None:
+    """Give `app` the corrected consumer: call it right after creating the app, before
+    declaring agents (declaring one builds the app's transport)."""
+    app.transport = Transport(app.conf.broker_consumer, app, kafka=kafka)
+
+
+def route_consumer_commits(consumer: object, handler: CommitHandler) -> None:
+    """Every commit `consumer` makes from now on, Faust's own (rebalance, shutdown, its
+    timer) included, calls `handler(topics, start_new_transaction)` instead (fix 3)."""
+    if not isinstance(consumer, Consumer):
+        raise TypeError(f"{type(consumer).__name__} is not the consumer streams.faust_fixes.install gives an app")
+    consumer.commit_handler = handler
+
+
+def transactional_id(app: faust.App, topic: str, partition: int) -> str:
+    """The transaction Faust keeps open for the source partition `topic`/`partition` (fix 4):
+    one per partition (of its partition group), opened and closed by Faust's
+    TransactionManager on every rebalance under this name."""
+    return f"{app.conf.id}-{app.assignor.group_for_topic(topic)}-{partition}"  # TRANSACTIONAL_ID_FORMAT

@@ -33,7 +33,10 @@ QueryEntry = tuple[float, bool, str, str, str | None]  # (*order key, query, fir
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Non-finite floats are written as JSON's NaN/Infinity, which model_validate_json reads
+    # back (pydantic's default writes null, which a float field then refuses: a rating sum
+    # that overflowed to inf would make its entry unreadable, and stop the worker reading it).
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -8,8 +8,9 @@ takes the transaction's lock, so events processed in between have their outputs
 committed but not their offsets, and a crash then repeats those outputs. Here a
 transaction is committed only by whoever holds its partition's processing lock — the
 agent right after an event, a timer when the agent is idle, or Faust itself at a
-rebalance or shutdown (its consumer's commit is routed here) — with the offsets of
-exactly the events processed in it.
+rebalance or shutdown (its consumer's commit is routed here, by
+streams.faust_fixes.route_consumer_commits) — with the offsets of exactly the events
+processed in it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import AsyncIterator
 
 import faust
 from faust.types import TP
+
+from streams import faust_fixes
 
 
 class Transactions:
@@ -39,8 +42,7 @@ class Transactions:
         """The transaction of the partition `source` came from (None: at-least-once)."""
         if not self.enabled:
             return None
-        group = self.app.assignor.group_for_topic(source.topic)
-        return f"{self.app.conf.id}-{group}-{source.partition}"  # Faust's own format
+        return faust_fixes.transactional_id(self.app, source.topic, source.partition)
 
     @asynccontextmanager
     async def event(self, source: faust.types.Message) -> AsyncIterator[None]:
@@ -67,8 +69,8 @@ class Transactions:
 
     def take_over_consumer_commits(self) -> None:
         """Route the commits Faust makes itself (rebalance, shutdown) through here."""
-        if self.enabled and self.app.consumer.commit != self.commit_all:
-            self.app.consumer.commit = self.commit_all
+        if self.enabled:
+            faust_fixes.route_consumer_commits(self.app.consumer, self.commit_all)
 
     async def commit_all(self, topics: object = None, start_new_transaction: bool = True) -> bool:
         """Commit every open transaction at an event boundary (Faust's consumer commit)."""

@@ -9,6 +9,7 @@ the samples and dead letters as a read_committed consumer sees them (by event id
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import Counter, defaultdict
@@ -21,6 +22,7 @@ from gensar.events import DeadLetter, InteractionEvent, TrainingSample
 from gensar.replay import make_producer, replay
 from gensar.settings import KafkaSettings, Settings
 from gensar.topics import DEAD_LETTER, ITEMS, TRAINING_SAMPLES
+from streams.dead_letters import MAX_DEAD_LETTER_PAYLOAD
 from streams.inspect import read_topic, table_snapshot, wait_caught_up
 from streams.process import WorkerProcess
 from streams.state import ItemStats, UserState
@@ -246,6 +248,9 @@ def test_rebalance_between_two_workers_mid_stream(kafka, dataset, workers):
 def test_fuzzed_input_is_dead_lettered_with_reasons_and_good_events_still_flow(kafka, dataset, workers):
     good = [*dataset.items.values(), *dataset.user_events()[-1500:]]
     bad = list(malformed_events(dataset, 1200))
+    nasty = list(nasty_records(dataset))  # what the decision fuzz (tests/test_streams_dead_letters.py) found
+    for j, record in enumerate(nasty):  # spread among the others, the first one early
+        bad.insert(j * len(bad) // len(nasty), record)
     settings = Settings(kafka=kafka)
     worker = workers()
     producer = make_producer(kafka)
@@ -264,7 +269,7 @@ def test_fuzzed_input_is_dead_lettered_with_reasons_and_good_events_still_flow(k
         meta = future.get(timeout=30)
         expect[(meta.topic, meta.partition, meta.offset)] = (value, reason)
     producer.close()
-    wait_caught_up(settings, timeout_s=240)
+    wait_caught_up_while_alive(settings, worker, timeout_s=240)
 
     records = read_topic(kafka, DEAD_LETTER.full_name(kafka))
     letters = {(letter.source_topic, letter.source_partition, letter.source_offset): (letter, record.headers)
@@ -273,9 +278,19 @@ def test_fuzzed_input_is_dead_lettered_with_reasons_and_good_events_still_flow(k
     assert letters.keys() == expect.keys()
     for source, (letter, headers) in letters.items():
         value, reason = expect[source]
-        assert letter.reason == reason, (letter, value)
-        assert letter.detail and headers["payload"] == value
-        assert letter.payload == value.decode(errors="replace")
+        assert letter.reason == reason, (letter.reason, letter.detail[:200], value[:200])
+        assert letter.detail
+        text = value.decode(errors="replace")
+        if len(text) > MAX_DEAD_LETTER_PAYLOAD:  # the text is cut, and the detail says so
+            assert letter.payload == text[:MAX_DEAD_LETTER_PAYLOAD]
+            assert f"payload cut to {MAX_DEAD_LETTER_PAYLOAD} of {len(text)} characters" in letter.detail
+        else:
+            assert letter.payload == text
+        if len(value) <= MAX_DEAD_LETTER_PAYLOAD:  # the exact bytes ride along in a header
+            assert headers["payload"] == value
+        else:
+            assert "payload" not in headers and f"{len(value)} bytes" in letter.detail
+    assert sum(len(value) > MAX_DEAD_LETTER_PAYLOAD for value, _ in expect.values()) >= 2
     assert_matches(settings, expected_from(good), dead_letters=len(bad))
 
     metrics = worker.metrics()
@@ -283,6 +298,42 @@ def test_fuzzed_input_is_dead_lettered_with_reasons_and_good_events_still_flow(k
     assert by_reason == dict(Counter(reason for *_, reason in bad))
     assert len(by_reason) == 8, "every kind of breakage occurred"
     assert worker.process.poll() is None, "the worker survived every malformed record"
+
+
+def wait_caught_up_while_alive(settings: Settings, worker: WorkerProcess, timeout_s: float) -> None:
+    """wait_caught_up, failing at once (with the worker's log) if the worker exits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert worker.process.poll() is None, f"the worker exited ({worker.process.returncode}):\n{worker.log_tail()}"
+        try:
+            wait_caught_up(settings, timeout_s=min(5.0, max(0.5, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def nasty_records(dataset):
+    """(topic kind, key, value, the reason we expect): payloads that once stopped the worker
+    or lost their dead letter's note, and a few seeded random ones; two over 64 KiB."""
+    rating = next(e for e in reversed(dataset.user_events()) if e.type == "interaction")
+    search = next(e for e in reversed(dataset.user_events()) if e.type == "search")
+    interaction = json.loads(rating.to_bytes())
+    rng = random.Random(14)
+    yield "interaction", rating.key(), b'{"event_id": "big", "timestamp": ' + b"9" * 5000 + b"}", "malformed-json"
+    yield "item", b"bad-item-big", b'{"item_id": "x", "title": ' + b"1" * 4400 + b"}", "malformed-json"
+    yield "search", search.key(), b"[" * 50_000, "malformed-json"  # nested deeper than the parser recurses
+    yield "interaction", rating.key(), json.dumps(dict(interaction, event_id="nan", value=float("nan"))).encode(), \
+        "schema-violation"
+    yield "interaction", rating.key(), json.dumps(dict(interaction, event_id="inf")).encode()[:-1] + b', "value": 1e999}', \
+        "schema-violation"
+    # over 64 KiB, with an unknown field whose name alone is longer than a dead letter's detail
+    yield "interaction", rating.key(), json.dumps(dict(interaction, **{"k" * 3000: "v" * 70_000})).encode(), \
+        "schema-violation"
+    yield "search", search.key(), b"\xff\xfe" * 40_000, "malformed-json"  # over 64 KiB, not UTF-8
+    for kind in ("interaction", "search", "item"):
+        key = {"interaction": rating.key(), "search": search.key()}.get(kind, b"bad-item-random")
+        yield kind, key, b"{" + bytes(rng.randrange(256) for _ in range(rng.randrange(8, 400))), "malformed-json"
 
 
 def paced_replay(events: list, kafka: KafkaSettings, chunk: int = 100, pause_s: float = 0.25) -> None:
