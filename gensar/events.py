@@ -52,7 +52,9 @@ class InteractionEvent(Event):
     user_id: Id
     item_id: Id
     kind: Literal["click", "rate", "tag", "view", "purchase"]
-    value: float | None = None
+    # Finite: Python's JSON reads NaN, Infinity and 1e999, and one such rating would make its
+    # item's rating sum NaN for good.
+    value: float | None = Field(None, allow_inf_nan=False)
 
     def key(self) -> bytes:
         return self.user_id.encode()
@@ -148,12 +150,18 @@ class InvalidEvent(ValueError):
         self.detail = detail
 
 
-def decode(payload: bytes, schema: type[Event], *, now: float | None = None) -> Event:
-    """Parse and validate one record, raising InvalidEvent with a reason label."""
+def decode(payload: bytes | None, schema: type[Event], *, now: float | None = None) -> Event:
+    """Parse and validate one record (None: a tombstone), raising InvalidEvent with a reason
+    label and nothing else: a consumer that catches InvalidEvent must never be stopped by a
+    payload (streams.dead_letters, serving.items, learner.collaborative all read topics)."""
     try:
-        raw = json.loads(payload)
+        raw = json.loads(payload or b"")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidEvent("malformed-json", str(exc)) from None
+    except RecursionError:  # arrays/objects nested deeper than the interpreter recurses
+        raise InvalidEvent("malformed-json", "nested too deeply to parse") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise InvalidEvent("malformed-json", f"a number too long to parse: {str(exc).split(';')[0]}") from None
     if not isinstance(raw, dict):
         raise InvalidEvent("not-an-object", f"expected a JSON object, got {type(raw).__name__}")
     version = raw.get("schema_version", SCHEMA_VERSION)

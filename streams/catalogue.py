@@ -16,8 +16,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from gensar.events import InvalidEvent, ItemUpsert
-from streams.dead_letters import decode_record
+from gensar.events import InvalidEvent, ItemUpsert, decode
 
 log = logging.getLogger("gensar.streams.catalogue")
 
@@ -57,7 +56,7 @@ class CatalogueReplica:
 
     def _learn(self, key: bytes | None, value: bytes | None) -> None:
         try:
-            item = decode_record(value, ItemUpsert)
+            item = decode(value, ItemUpsert)
         except InvalidEvent:
             return  # the catalogue agent dead-letters it
         if key == item.item_id.encode():

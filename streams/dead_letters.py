@@ -11,31 +11,12 @@ would stop every worker that reads it, again and again.
 
 from __future__ import annotations
 
-import math
 import time
 
-from gensar.events import DeadLetter, Event, InteractionEvent, InvalidEvent, ItemUpsert, decode
+from gensar.events import DeadLetter, Event, InvalidEvent, ItemUpsert, decode
 
 MAX_DEAD_LETTER_PAYLOAD = 64 * 1024  # characters of the payload kept in a dead letter; bytes in its header
 MAX_DETAIL = 2000  # characters of a dead letter's detail, notes on what was cut included
-
-
-def decode_record(payload: bytes | None, schema: type[Event], *, now: float | None = None) -> Event:
-    """gensar.events.decode for whatever bytes a producer sent (None: a tombstone), raising
-    InvalidEvent and nothing else."""
-    try:
-        event = decode(payload or b"", schema, now=now)
-    except InvalidEvent:
-        raise
-    except RecursionError:  # json.loads on arrays/objects nested deeper than the interpreter recurses
-        raise InvalidEvent("malformed-json", "nested too deeply to parse") from None
-    except ValueError as exc:  # json.loads on an integer of more than sys.get_int_max_str_digits() digits
-        raise InvalidEvent("malformed-json", f"a number too long to parse: {str(exc).split(';')[0]}") from None
-    # Python's JSON accepts NaN, Infinity and numbers like 1e999 (inf), and the schema lets a
-    # rating be any float: a non-finite one would make its item's rating sum NaN for good.
-    if isinstance(event, InteractionEvent) and event.value is not None and not math.isfinite(event.value):
-        raise InvalidEvent("schema-violation", f"value: {event.value!r} is not a finite number")
-    return event
 
 
 def check_key(key: bytes | None, owner: str) -> None:
@@ -48,7 +29,7 @@ def check_key(key: bytes | None, owner: str) -> None:
 def validate(key: bytes | None, payload: bytes | None, schema: type[Event], *, now: float | None = None) -> Event:
     """The event a source record holds, or InvalidEvent saying why it is refused: every
     check but "unknown item"."""
-    event = decode_record(payload, schema, now=now)
+    event = decode(payload, schema, now=now)
     check_key(key, event.item_id if isinstance(event, ItemUpsert) else event.user_id)
     return event
 

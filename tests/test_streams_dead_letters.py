@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gensar.events import (MAX_CLICKS, MAX_FUTURE_S, MAX_TEXT, DeadLetter, Event, InteractionEvent, InvalidEvent,
                            ItemUpsert, SearchEvent, decode)
-from streams.dead_letters import MAX_DEAD_LETTER_PAYLOAD, MAX_DETAIL, dead_letter, decode_record, validate
+from streams.dead_letters import MAX_DEAD_LETTER_PAYLOAD, MAX_DETAIL, dead_letter, validate
 from streams.state import ItemStats, UserState, apply_item_use, apply_user_event, items_used, samples_for
 
 NOW = 1_750_000_000.0
@@ -354,7 +354,7 @@ def test_the_limit_holds_at_every_size_around_it(offset, char, ascii_only):
 @pytest.mark.parametrize("schema", SCHEMAS)
 def test_payloads_the_json_parser_raises_other_errors_on_are_malformed_json(payload, schema):
     with pytest.raises(InvalidEvent) as refused:
-        decode_record(payload, schema, now=NOW)
+        decode(payload, schema, now=NOW)
     assert refused.value.reason == "malformed-json" and refused.value.detail
 
 
