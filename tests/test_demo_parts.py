@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gensar import data as datasets
+from gensar.layout import Layout
 from identifiers.build import top_items_slice
 
 from demo.bootstrap import write_movielens
@@ -62,7 +63,7 @@ def test_live_minus_frozen_comes_with_a_paired_interval():
 def test_status_page_serves_charts_and_refuses_unknown_tasks(tmp_path):
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "prequential.jsonl").write_text("".join(json.dumps(r.__dict__) + "\n" for r in records(10)))
-    client = TestClient(create_app(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9/metrics"))
+    client = TestClient(create_app(tmp_path, Layout.under(tmp_path), "http://127.0.0.1:9", "http://127.0.0.1:9/metrics"))
     answer = client.get("/charts/rec.png")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
     assert answer.content.startswith(b"\x89PNG")

@@ -327,7 +327,11 @@ def test_a_killed_replica_costs_bounded_answers_and_is_back_in_bounded_time(faul
           f"failures: {[r[3] for r in failed[:2]]}")
     assert len(failed) <= CLIENTS  # at most the requests in flight on the killed replica: one per client
     assert all(r[0] < killed_at + 5 for r in failed), failed  # only around the kill, not while it restarts
-    assert all(r[2] in (500, 503) for r in failed), failed  # an answer, not a hang (no -1: no client timeout)
+    # Each failure is an answer (Ray's proxy answers 500 for a replica that died mid-request) or,
+    # when it died while its answer was on the way, the proxy closing the connection mid-body;
+    # never a client timeout, and at once: not a hang.
+    assert all(r[2] in (500, 503) or r[3].startswith("RemoteProtocolError(") for r in failed), failed
+    assert all(r[1] < 5 for r in failed), failed
     assert max(r[1] for r in records) < 30  # nobody waited out the proxy's request timeout
     assert sum(r[2] == 200 for r in during) > 20  # the other replica answered while the killed one restarted
     assert recovery < 120
