@@ -129,7 +129,7 @@ class BrokerSettings(BaseModel):
 
 
 class Settings(StrictSettings):
-    model_config = SettingsConfigDict(env_prefix=ROOT_PREFIX, env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ROOT_PREFIX)
 
     state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state") / "gensar")
     # The artifact store every part reads (registry, base models, identifier maps, pin control):

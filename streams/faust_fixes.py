@@ -57,6 +57,7 @@ from functools import partial
 from typing import Any, Awaitable, Callable
 
 import faust
+from faust.transport.consumer import TopicPartitionGroup
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from kafka import KafkaConsumer, TopicPartition
 
@@ -193,4 +194,5 @@ def transactional_id(app: faust.App, topic: str, partition: int) -> str:
     """The transaction Faust keeps open for the source partition `topic`/`partition` (fix 4):
     one per partition (of its partition group), opened and closed by Faust's
     TransactionManager on every rebalance under this name."""
-    return f"{app.conf.id}-{app.assignor.group_for_topic(topic)}-{partition}"  # TRANSACTIONAL_ID_FORMAT
+    tpg = TopicPartitionGroup(topic, partition, app.assignor.group_for_topic(topic))
+    return TRANSACTIONAL_ID_FORMAT.format(group_id=app.conf.id, tpg=tpg)

@@ -761,14 +761,23 @@ BROKEN_VALUES = {
 }
 
 
+def _refusals(helm, values: Path) -> list[str]:
+    """What `helm template` and `helm lint --strict` print, each refusing `values`."""
+    outputs = []
+    for result in (_template(helm, values), helm("lint", "--strict", str(CHART), "-f", str(values))):
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        outputs.append(output)
+    return outputs
+
+
 @pytest.mark.parametrize("case", BROKEN_VALUES)
 def test_broken_values_are_refused_with_a_clear_message(helm, tmp_path, case):
     body, message = BROKEN_VALUES[case]
     values = tmp_path / "broken.yaml"
     values.write_text(body)
-    for result in (_template(helm, values), helm("lint", "--strict", str(CHART), "-f", str(values))):
-        assert result.returncode != 0
-        assert message in result.stdout + result.stderr, result.stdout + result.stderr
+    for output in _refusals(helm, values):
+        assert message in output, output
 
 
 # Each weakens the hardening the chart sets; (values, the path the refusal names).
@@ -799,9 +808,7 @@ def test_weakened_security_needs_the_unsafe_flag(helm, tmp_path, case):
     body, path = WEAKENED_SECURITY[case]
     values = tmp_path / "weakened.yaml"
     values.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{body}\n")
-    for result in (_template(helm, values), helm("lint", "--strict", str(CHART), "-f", str(values))):
-        output = result.stdout + result.stderr
-        assert result.returncode != 0, output
+    for output in _refusals(helm, values):
         # The refusal names both ways out: the flag, and the weakened key.
         assert "at '/security/allowUnsafe': value must be true" in output and path in output, output
     unsafe = tmp_path / "unsafe.yaml"

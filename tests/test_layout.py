@@ -7,9 +7,8 @@ from pathlib import Path
 
 from gensar.layout import Layout
 from gensar.settings import Settings
+from test_architecture import CORE, PARTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["gensar", "cli", "infra", "streams", "identifiers", "learner", "serving", "model", "evaluation", "demo", "bench"]
 # Names of the layout's folders: a part that writes `x / "registry"` has its own copy of the layout.
 LAYOUT_NAMES = {"registry", "models", "base", "maps", "identifiers", "collaborative", "qdrant", "embeddings",
                 "buffer.json", "item2vec", "serving-control.json"}
@@ -49,7 +48,7 @@ def _layout_joins(path: Path) -> list[str]:
 
 
 def test_no_part_joins_a_location_of_the_layout_on_its_own():
-    files = [p for part in PARTS for p in (ROOT / part).rglob("*.py") if p != ROOT / "gensar" / "layout.py"]
+    files = [p for part in (*CORE, *PARTS) for p in (ROOT / part).rglob("*.py") if p != ROOT / "gensar" / "layout.py"]
     assert len(files) > 50
     assert [j for p in files for j in _layout_joins(p)] == []
 
