@@ -9,14 +9,25 @@ the worker caught up, held-back user events are produced at a steady rate while 
 read_committed consumer of the samples topic measures each sample's age against its
 source record's produce time (the worker copies it into a header).
 
-    .venv/bin/python -m bench.streams_throughput [--rounds 3] [--guarantees exactly_once,at_least_once]
+    .venv/bin/python -m bench.streams_throughput [--rounds 3] [--guarantees exactly_once,at_least_once] [--profile]
+
+--profile adds one untimed exactly-once round on the same backlog with py-spy sampling the
+worker (every thread, GIL holders only: where the CPU goes, not waits) and writes
+bench/results/streams_profile.{json,md}: the share of samples by package at the leaf frame
+and by our own functions anywhere on the stack. py-spy runs through `uv tool run` (it reads
+the worker's memory from outside, so the worker runs unchanged).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -95,6 +106,7 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=3000)
     parser.add_argument("--limit", type=int, default=None, help="only the first N user events (a quick run)")
     parser.add_argument("--latency-rate", type=float, default=200.0, help="events/s produced while measuring latency")
+    parser.add_argument("--profile", action="store_true", help="one more exactly-once round under py-spy")
     args = parser.parse_args()
     guarantees = args.guarantees.split(",")
 
@@ -125,10 +137,93 @@ def main() -> None:
                 print(f"round {round_} {guarantee}: faust {len(backlog) / runs[guarantee]['faust_s'][-1]:,.0f}/s, "
                       f"bare {len(backlog) / runs[guarantee]['bare_s'][-1]:,.0f}/s, "
                       f"latency p50 {percentile(runs[guarantee]['latency_ms'][-1], 0.5):.0f} ms", flush=True)
+        if args.profile:
+            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="profile.")
+            ensure_topics(broker.bootstrap, kafka)
+            replay(backlog, kafka, progress=False)
+            profile_report(profiled(kafka, home, len(backlog)), len(backlog))
     finally:
         broker.stop()
         shutil.rmtree(home, ignore_errors=True)
     report(args, len(backlog), runs)
+
+
+def profiled(kafka: KafkaSettings, home: Path, n: int) -> tuple[str, float]:
+    """py-spy's collapsed stacks of one exactly-once worker over the whole backlog, and the
+    seconds it took (first to last record, as timed above, under sampling)."""
+    worker = WorkerProcess(kafka, home / "state-profile", env={"GENSAR_STREAMS__PROCESSING_GUARANTEE": "exactly_once"}).start()
+    out = home / "profile.txt"
+    uv = Path(sys.executable).parent / "uv"
+    first = worker.wait_processed(1, timeout_s=180, poll_s=0.05)  # sampled from here: processing, not start-up
+    spy = subprocess.Popen([str(uv), "tool", "run", "py-spy", "record", "--pid", str(worker.process.pid), "--rate", str(SAMPLE_RATE),
+                            "--gil", "--nonblocking", "--format", "raw", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        last = worker.wait_processed(n, timeout_s=3600, poll_s=0.05)
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled on SIGINT
+        _, err = spy.communicate(timeout=120)
+        worker.stop()
+    if not out.exists():
+        raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')[-2000:]}")
+    return out.read_text(), last - first
+
+
+SAMPLE_RATE = 50  # py-spy samples per second
+
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+# Which library a frame's file belongs to: the first of these packages among its folders, or
+# of these single-file modules as its name (faust/streams.py is Faust's, not our streams/).
+PACKAGES = ("streams", "gensar", "faust", "mode", "aiokafka", "kafka", "rocksdict", "pydantic", "pydantic_core",
+            "prometheus_client", "asyncio", "json", "concurrent", "logging")
+MODULES = ("selectors", "ssl", "socket", "threading")
+
+
+ENTRY = {"__main__.py", "cli.py", "worker.py"}  # the worker's entry chain: on every main-thread stack
+
+
+def package_of(path: str) -> str:
+    parts = Path(path).parts
+    folder = next((name for name in PACKAGES if name in parts[:-1]), None)
+    return folder or next((name for name in MODULES if parts[-1:] == (f"{name}.py",)), "other (stdlib, interpreter)")
+
+
+def profile_report(profile: tuple[str, float], n: int) -> None:
+    stacks, seconds = profile
+    by_leaf, ours, total = collections.Counter(), collections.Counter(), 0
+    for line in stacks.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [m.groupdict() for m in map(FRAME.match, stack.split(";")) if m]
+        total += int(count)
+        if frames:
+            by_leaf[package_of(frames[-1]["file"])] += int(count)
+        own = {f"{Path(f['file']).parent.name}/{Path(f['file']).name}:{f['function']}" for f in frames
+               if package_of(f["file"]) in ("streams", "gensar") and f["function"] != "<module>"
+               and Path(f["file"]).name not in ENTRY}
+        for name in own:
+            ours[name] += int(count)
+    share = lambda c: round(100 * c / total, 1)  # noqa: E731
+    result = {"benchmark": "streams_profile", "machine": machine(), "records": n, "seconds": round(seconds, 1),
+              "records_per_s": round(n / seconds), "samples": total, "sampler": f"py-spy record --gil --rate {SAMPLE_RATE}",
+              # Samples only come while a thread holds the GIL: the share of the time the worker computes.
+              "gil_held_percent": round(100 * total / (seconds * SAMPLE_RATE), 1),
+              "leaf_package_percent": {k: share(v) for k, v in by_leaf.most_common()},
+              "own_functions_inclusive_percent": {k: share(v) for k, v in ours.most_common(25)}}
+    m = result["machine"]
+    lines = [f"# Stream worker profile, exactly-once ({m['date'][:10]}, {m['cpu']}, {m['cores']} cores)", "",
+             f"One worker over the {n:,}-record backlog of `bench/streams_throughput.md`, sampled by py-spy "
+             f"({SAMPLE_RATE}/s, only threads holding the GIL: CPU, not waiting): {total:,} samples in {seconds:.0f} s "
+             f"({n / seconds:,.0f} records/s under sampling): a thread held the GIL "
+             f"{result['gil_held_percent']}% of the time: the worker is mostly busy in Python on one core, and waits the rest.", "",
+             "Where the CPU is, by the package of the innermost frame:", "", "| package | share of samples |", "|---|---|"]
+    lines += [f"| {k} | {v}% |" for k, v in result["leaf_package_percent"].items()]
+    lines += ["", "Our functions, by the share of samples with them anywhere on the stack (inclusive):", "",
+              "| function | inclusive share |", "|---|---|"]
+    lines += [f"| `{k}` | {v}% |" for k, v in result["own_functions_inclusive_percent"].items()]
+    write_results("streams_profile", result, lines)
+    print("\n".join(lines))
 
 
 def report(args, n: int, runs: dict) -> None:
