@@ -85,7 +85,6 @@ class Stack:
         status = self.broker.start()
         ensure_topics(status.bootstrap, self.kafka)
         self.log(f"Kafka broker at {status.bootstrap} (data in {status.home})")
-        os.environ["GENSAR_KAFKA__BOOTSTRAP_SERVERS"] = self.broker.bootstrap  # every part, in and out of process
         self._spawn("streams", [sys.executable, "-m", "streams", "run"], {
             "GENSAR_STREAMS__WEB_PORT": str(self.ports["streams_web"]),
             "GENSAR_STREAMS__METRICS_PORT": str(self.ports["streams_metrics"])})
@@ -110,7 +109,8 @@ class Stack:
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         self.commands[name] = (cmd, env)
         log = open(self.logs / f"{name}.log", "a")
-        self.children[name] = subprocess.Popen(cmd, env={**os.environ, **self.layout.environment(), **env}, stdout=log, stderr=subprocess.STDOUT,
+        env = {**os.environ, **self.layout.environment(), "GENSAR_KAFKA__BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers, **env}
+        self.children[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _start_ray(self) -> None:
@@ -130,7 +130,7 @@ class Stack:
         overrides = {"catalogue": str(self.data_dir), "base_model": self.base_name,
                      "streams_url": self.streams_url, "poll_s": 1.0, "dense": False, "replica_cpus": 1.0,
                      "device": "cpu"}
-        serve.run(build(overrides, self.layout), name="gensar", route_prefix="/")
+        serve.run(build(overrides, self.layout, self.kafka), name="gensar", route_prefix="/")
         wait_for(lambda: httpx.get(f"{self.serve_url}/readyz", timeout=5).status_code == 200, 300, "the Serve app")
 
     def learner_joined(self) -> bool:

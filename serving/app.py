@@ -41,6 +41,7 @@ from ray import serve
 from starlette.datastructures import Headers
 
 from gensar.layout import Layout
+from gensar.settings import KafkaSettings
 from serving.control import Control, read_control, write_control
 from serving.engine import Engine, Query, Refusal, Swap, item_history
 # Metrics through the module: Serve pickles the ingress class by value, and pickled copies of
@@ -173,7 +174,7 @@ def errors(*codes: int) -> dict:
 @serve.deployment
 @serve.ingress(api)
 class GenSARServer:
-    def __init__(self, overrides: dict | None = None, layout: Layout | None = None):
+    def __init__(self, overrides: dict | None = None, layout: Layout | None = None, kafka: KafkaSettings | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from gensar.data import load
         from identifiers.settings import QdrantSettings
@@ -209,7 +210,7 @@ class GenSARServer:
             from gensar.settings import Settings
             from serving.items import follow_items
 
-            threading.Thread(target=follow_items, args=(Settings().kafka, catalogue, dense, self._stop),
+            threading.Thread(target=follow_items, args=(kafka or Settings().kafka, catalogue, dense, self._stop),
                              name="gensar-follow-items", daemon=True).start()
 
     # --- following the registry ---------------------------------------------------------
@@ -371,16 +372,17 @@ class GenSARServer:
         return await self.models()
 
 
-def build(args: dict | None = None, layout: Layout | None = None):
+def build(args: dict | None = None, layout: Layout | None = None, kafka: KafkaSettings | None = None):
     """The application, with settings overrides (ServingSettings fields) as args; `layout`
-    None: each replica's own, from its environment (as in a pod)."""
+    and `kafka` (the items topic's cluster) None: each replica's own, from its environment
+    (as in a pod)."""
     settings = ServingSettings(**(args or {}))
     return GenSARServer.options(
         num_replicas=settings.replicas, max_ongoing_requests=4 * settings.max_batch_size,
         max_queued_requests=settings.max_queued_requests,
         backpressure_config={"status_code": 503, "retry_after_s": settings.retry_after_s},
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
-    ).bind(args or {}, layout)
+    ).bind(args or {}, layout, kafka)
 
 
 app = build()
