@@ -15,7 +15,7 @@ from gensar import data as datasets
 from gensar.data import Dataset, UserEvent
 from gensar.layout import Layout
 from identifiers.build import top_items_slice
-from identifiers.idmap import IdentifierMap, MapStore
+from identifiers.idmap import IdentifierMap
 
 from demo.settings import DemoSettings
 
@@ -78,48 +78,19 @@ def prepare_world(source: Path, root: Path, settings: DemoSettings) -> World:
 
 
 def ensure_identifiers(world: World, layout: Layout, settings: DemoSettings, log) -> IdentifierMap:
-    from identifiers.build import BuildConfig, build_identifiers
+    from identifiers.build import BuildConfig
     from identifiers.rqvae import RQVAEConfig
+    from learner.bootstrap import ensure_identifiers as ensure
 
-    store = MapStore(layout.identifier_maps)
-    if store.latest():  # resumed: the bootstrap's map (the learner's updater derived the later ones)
-        return store.load(store.versions()[0])
     config = BuildConfig(rqvae=RQVAEConfig(epochs=settings.rqvae_epochs,
                                            warmup_epochs=min(10, settings.rqvae_epochs // 2)))
-    result = build_identifiers(world.ds, world.bootstrap, config, layout, progress=True)
-    log(f"identifier map {result.idmap.version}: {len(result.idmap):,} items from {len(world.bootstrap):,} events")
-    if settings.qdrant:
-        from identifiers.vectors import ItemVectorStore
-
-        with ItemVectorStore(layout.qdrant) as vectors:
-            written = vectors.upsert_items(list(result.item_ids), [world.ds.items[i].title for i in result.item_ids],
-                                           result.semantic, result.collaborative, result.warm, result.idmap)
-        log(f"Qdrant {vectors.location}: {written:,} item vectors written")
-    return result.idmap
+    return ensure(world.ds, world.bootstrap, layout, config, settings.qdrant, log)
 
 
 def ensure_base_model(world: World, idmap: IdentifierMap, layout: Layout, settings: DemoSettings, log) -> Path:
-    from model.modeling import ModelSettings
-    from model.recipe import train_gensar
-    from model.tasks import TaskMix
+    from learner.bootstrap import ensure_base_model as ensure
     from model.train import TrainSettings
 
-    target = layout.base_model(BASE_NAME)
-    if target.exists():
-        return target
-    from evaluation.generative import fit_model_prior
-
-    target.parent.mkdir(parents=True, exist_ok=True)
     train = TrainSettings(epochs=settings.train_epochs, max_minutes=settings.train_minutes, checkpoint_every=200)
-    fit_prior = settings.prior_fraction > 0 and settings.prior_cases > 0
-    cut = int(len(world.bootstrap) * (1 - settings.prior_fraction)) if fit_prior else len(world.bootstrap)
-    split = datasets.Split("bootstrap", world.bootstrap[:cut], world.bootstrap[cut:], [])
-    gm, renderer, report = train_gensar(world.ds, split.train, idmap, ModelSettings(), TaskMix(), train,
-                                        checkpoint_dir=target.with_name(BASE_NAME + ".ckpt"))
-    log(f"base model: {report.identifiers:,} identifier targets in {report.seconds:.0f}s, loss {report.losses[0]:.3f} -> "
-        f"{report.losses[-1]:.3f}")
-    if fit_prior:
-        gm.prior, _ = fit_model_prior(gm, renderer, world.ds, split, settings.prior_cases)
-        log(f"history prior on {len(split.valid):,} held-out bootstrap events: {gm.prior.weights}")
-    gm.save(target)
-    return target
+    return ensure(world.ds, world.bootstrap, idmap, layout, BASE_NAME, train, settings.prior_fraction,
+                  settings.prior_cases, log)

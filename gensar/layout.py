@@ -93,6 +93,10 @@ class Layout:
         """The collaborative updater's running item2vec state."""
         return self.state / "learner" / "item2vec"
 
+    def checkpoint(self, name: str) -> Path:
+        """The checkpoints of a training run that resumes when interrupted (a base model's)."""
+        return self.state / "checkpoints" / name
+
     @property
     def qdrant(self) -> Path:
         """Embedded Qdrant's folder (unused with a Qdrant server)."""

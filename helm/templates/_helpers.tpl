@@ -118,6 +118,10 @@ GENSAR_KAFKA__SSL_CAFILE: "/etc/gensar/kafka-ca/{{ .Values.kafka.tls.caKey }}"
 GENSAR_QDRANT__URL: {{ include "gensar.qdrantUrl" . | quote }}
 # The artifact store every part reads (registry, base models, identifier maps, pins): the shared volume.
 GENSAR_ARTIFACTS_DIR: {{ .Values.artifacts.mountPath | quote }}
+# The dataset (serving's catalogue, the learner's item texts, the bootstrap's events): read-only.
+GENSAR_DATA_DIR: {{ .Values.dataset.mountPath | quote }}
+# The base model serving loads and the learner refreshes (the bootstrap Job writes it).
+GENSAR_SERVING__BASE_MODEL: {{ .Values.bootstrap.baseModel | quote }}
 # Listen on the pod address (the defaults bind loopback), for probes, peers and Prometheus.
 GENSAR_STREAMS__WEB_HOST: "0.0.0.0"
 GENSAR_STREAMS__WEB_PORT: {{ .Values.streams.webPort | quote }}
@@ -184,7 +188,7 @@ env:
 {{/* Volumes --------------------------------------------------------------------------------- */}}
 
 {{/* Writable paths under a read-only root filesystem: /tmp, state and cache. Call with
-(dict "ctx" $ "artifacts" true) to add the artifact store. */}}
+(dict "ctx" $ "artifacts" true "dataset" true) to add the artifact store and the dataset. */}}
 {{- define "gensar.volumes" -}}
 - name: tmp
   emptyDir: {}
@@ -196,6 +200,12 @@ env:
 - name: artifacts
   persistentVolumeClaim:
     claimName: {{ default (printf "%s-artifacts" (include "gensar.fullname" .ctx)) .ctx.Values.artifacts.persistence.existingClaim }}
+{{- end }}
+{{- if .dataset }}
+- name: dataset
+  persistentVolumeClaim:
+    claimName: {{ required "dataset.existingClaim is required: the claim holding the dataset" .ctx.Values.dataset.existingClaim }}
+    readOnly: true
 {{- end }}
 {{- if .ctx.Values.kafka.tls.caSecret }}
 - name: kafka-ca
@@ -213,9 +223,35 @@ env:
 {{- if and .artifacts (eq .ctx.Values.artifacts.type "pvc") }}
 - {name: artifacts, mountPath: {{ .ctx.Values.artifacts.mountPath }}}
 {{- end }}
+{{- if .dataset }}
+- name: dataset
+  mountPath: {{ .ctx.Values.dataset.mountPath }}
+  readOnly: true
+  {{- with .ctx.Values.dataset.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+{{- end }}
 {{- if .ctx.Values.kafka.tls.caSecret }}
 - {name: kafka-ca, mountPath: /etc/gensar/kafka-ca, readOnly: true}
 {{- end }}
+{{- end }}
+
+{{/* An init container that holds a pod until the artifact store has the base model and an
+identifier map (`gensar bootstrap --wait`): the learner driver and the serving pods cannot
+start without them. */}}
+{{- define "gensar.waitForBootstrap" -}}
+- name: wait-for-bootstrap
+  image: {{ include "gensar.image" .ctx }}
+  imagePullPolicy: {{ .ctx.Values.image.pullPolicy }}
+  command: [gensar]
+  args: [bootstrap, --wait, {{ .ctx.Values.bootstrap.waitSeconds | quote }}, --name, {{ .ctx.Values.bootstrap.baseModel | quote }}]
+  {{- include "gensar.containerEnv" (dict "ctx" .ctx) | nindent 2 }}
+  resources:
+    {{- toYaml .ctx.Values.bootstrap.waitResources | nindent 4 }}
+  securityContext:
+    {{- toYaml .ctx.Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    {{- include "gensar.volumeMounts" (dict "ctx" .ctx "artifacts" true) | nindent 4 }}
 {{- end }}
 
 {{/* Probes: an httpGet probe from a values block with `enabled`. Call with

@@ -45,6 +45,10 @@ spec:
   {{- end }}
   securityContext:
     {{- toYaml $ctx.Values.podSecurityContext | nindent 4 }}
+  {{- if .serve }}
+  initContainers:
+    {{- include "gensar.waitForBootstrap" (dict "ctx" $ctx) | nindent 4 }}
+  {{- end }}
   containers:
     - name: ray-{{ .node }}
       image: {{ include "gensar.image" $ctx }}
@@ -89,11 +93,11 @@ spec:
       securityContext:
         {{- toYaml $ctx.Values.containerSecurityContext | nindent 8 }}
       volumeMounts:
-        {{- include "gensar.volumeMounts" (dict "ctx" $ctx "artifacts" true) | nindent 8 }}
+        {{- include "gensar.volumeMounts" (dict "ctx" $ctx "artifacts" true "dataset" true) | nindent 8 }}
         # Ray's object store lives in shared memory.
         - {name: shared-mem, mountPath: /dev/shm}
   volumes:
-    {{- include "gensar.volumes" (dict "ctx" $ctx "artifacts" true) | nindent 4 }}
+    {{- include "gensar.volumes" (dict "ctx" $ctx "artifacts" true "dataset" true) | nindent 4 }}
     - name: shared-mem
       emptyDir:
         medium: Memory
