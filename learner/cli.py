@@ -114,7 +114,11 @@ def rollback(task: str = typer.Option("joint", help="joint | search | rec"),
     except RegistryError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
-    console.print(f"rolled back: {announcement.version} serves {task} again ({announcement.reason})")
+    if announcement.status == "rolled-back":  # it was the only promotion
+        fallback = "the base model" if task == "joint" else "the joint versions (else the base model)"
+        console.print(f"rolled back: {announcement.version} is out; {task} falls back to {fallback}")
+    else:
+        console.print(f"rolled back: {announcement.version} serves {task} again ({announcement.reason})")
 
 
 def bootstrap(

@@ -135,14 +135,18 @@ class Registry:
         return self._decide(self.manifest(version), "rejected", reason)
 
     def rollback(self, task: Task = "joint", reason: str = "operator rollback") -> ModelVersion:
-        """Take the serving version of `task` out of service and re-announce the one it replaced."""
+        """Take the serving version of `task` out of service and re-announce the one it replaced.
+        When it was the task's only promotion, the task falls back to what serves without one
+        (a per-task line to the joint versions, the joint line to the base model) and the
+        announcement returned is the rolled-back version's."""
         history = self.promoted()[task]  # newest first
+        if not history:
+            raise RegistryError(f"nothing to roll back for task {task}: no promoted version")
+        current = history[0]
+        out = self._decide(self.manifest(current), "rolled-back", reason)
         if len(history) < 2:
-            raise RegistryError(f"nothing to roll back to for task {task}: "
-                                f"{'only ' + history[0] if history else 'no'} promoted version")
-        current, previous = history[0], history[1]
-        self._decide(self.manifest(current), "rolled-back", reason)
-        return self._decide(self.manifest(previous), "promoted", f"rollback from {current}: {reason}")
+            return out
+        return self._decide(self.manifest(history[1]), "promoted", f"rollback from {current}: {reason}")
 
     def _decide(self, manifest: Manifest, status: Status, reason: str) -> ModelVersion:
         decision = Decision(version=manifest.version, status=status, reason=reason)

@@ -799,6 +799,8 @@ BROKEN_VALUES = {
                  "at '/kafka/securityProtocol'"),
     "missing Kafka": ("streams:\n  replicas: 1\n", "at '/kafka/bootstrapServers': minLength: got 0, want 1"),
     "missing dataset": ("kafka: {bootstrapServers: 'k:9092'}\n", "at '/dataset/existingClaim': minLength: got 0, want 1"),
+    "unknown Serve deployment": (REQUIRED + "serve: {deployments: [{name: GenSARModel, num_replicas: 2}]}\n",
+                                 "at '/serve/deployments/0/name'"),
     "dataset subPath escapes": (REQUIRED + "dataset: {existingClaim: d, subPath: ../other}\n", "at '/dataset/subPath'"),
 }
 

@@ -52,7 +52,10 @@ def test_rollback_re_announces_the_previous_version(registry, tmp_path):
     assert registry.serving() == "v2"
     registry.rollback()
     assert registry.serving() == "v1"
-    with pytest.raises(RegistryError, match="nothing to roll back to"):
+    last = registry.rollback()  # the only promotion left: the task falls back to the base model
+    assert (last.version, last.status) == ("v1", "rolled-back")
+    assert registry.serving() is None
+    with pytest.raises(RegistryError, match="nothing to roll back for task joint: no promoted version"):
         registry.rollback()
 
 
