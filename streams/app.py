@@ -43,6 +43,7 @@ from streams import faust_fixes
 from streams.catalogue import CatalogueReplica
 from streams.dead_letters import dead_letter, validate
 from streams.delivery import InOrderDelivery, Verdict
+from streams.faults import Faults
 from streams.connection import aiokafka_options, faust_broker
 from streams.metrics import StreamMetrics
 from streams.settings import StreamSettings
@@ -71,6 +72,7 @@ class StreamApp:
     def __init__(self, settings: Settings, streams: StreamSettings):
         self.settings, self.streams = settings, streams
         self.metrics = StreamMetrics()
+        self.faults = Faults.from_setting(streams.fault)
         self.replica = CatalogueReplica(aiokafka_options(settings.kafka), ITEMS.full_name(settings.kafka),
                                         ITEMS.partition_count(settings.kafka))
         kafka = settings.kafka
@@ -105,7 +107,7 @@ class StreamApp:
             # after a restart. Faust's default restarts the agent past the event instead.
             agent_supervisor=mode.CrashingSupervisor,
         )
-        faust_fixes.install(self.app, kafka)  # before the agents: declaring one builds the transport
+        faust_fixes.install(self.app, kafka, self.faults)  # before the agents: declaring one builds the transport
         self.transactions = Transactions(self.app, streams.commit_interval_s)
         self.delivery = InOrderDelivery(kafka, self.app.conf.id)
         self._declare_topics()
@@ -136,7 +138,7 @@ class StreamApp:
         kafka = self.settings.kafka
         # Keys and values are bytes, so changelog keys hash like the source records' keys
         # (Faust routes web requests for a key by that hash).
-        raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes)
+        raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes, on_changelog_event=self._on_recovered_record)
         if self.streams.store.startswith("rocksdb"):  # RocksDB's defaults size a big server (2 GiB cache)
             raw["options"] = {"write_buffer_size": 16 * 2**20, "block_cache_size": 64 * 2**20}
         # users: user id -> UserState; co-partitioned with the user-keyed topics.
@@ -152,6 +154,10 @@ class StreamApp:
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
+    async def _on_recovered_record(self, _event: faust.EventT) -> None:
+        """Faust calls this for every changelog record its recovery reads."""
+        await self.faults.reach("recovery-record")
+
     async def _on_revoked(self, *_args: Any, **_kwargs: Any) -> None:
         self._forget_cached()
 
@@ -159,6 +165,13 @@ class StreamApp:
         self.transactions.take_over_consumer_commits()  # the consumer exists from the first assignment
         self._forget_cached()
         await self.delivery.assigned({tp for tp in assigned if tp.topic in self.topic_spec})
+
+    def partition_of(self, table: faust.Table, key: bytes) -> int:
+        """The partition of `table` whose store holds `key`: an item share's is in its key;
+        a user's and an item's are those of their source records (murmur2 of the key)."""
+        if table is self.item_stats:
+            return int(key.split(b"/", 1)[0])
+        return partition_for(key, table.partitions)
 
     def _forget_cached(self) -> None:
         """Partitions moved: recovery rewrites stores behind the caches' back."""
@@ -223,11 +236,15 @@ class StreamApp:
             writes.append(self.item_shares.put(key, apply_item_use(self.item_shares.get(key), event, spec.name,
                                                                    message.offset)))
         self._write_locally(writes)
+        await self.faults.reach("after-local-write")
         headers = _source_headers(message)
         for sample in samples:
             await self._send(message, self.samples_name, sample.key(), sample.to_bytes(),
                              partition_for(sample.key(), TRAINING_SAMPLES.partition_count(self.settings.kafka)), headers)
-        await self._send_changelogs(message, writes)
+        user_write, item_writes = writes[:1], writes[1:]
+        await self._send_changelogs(message, user_write)
+        await self.faults.reach("between-changelog-sends")
+        await self._send_changelogs(message, item_writes)
         self.metrics.events.labels(message.topic, "processed").inc()
 
     async def _on_item_upsert(self, message: faust.types.Message) -> None:

@@ -2,12 +2,13 @@
 streams modules use only Faust's public API and the names exported here.
 
 The corrections are subclasses, installed per app through Faust's own extension point:
-`install(app, kafka)` gives the app (through the public `App.transport` setter) a
+`install(app, kafka, faults)` gives the app (through the public `App.transport` setter) a
 transport whose `Consumer` is ours, before anything creates the consumer. Nothing is
 patched at import, and no other app in the process is touched. `WRITTEN_FOR` is the
 faust-streaming range these were written and tested against; tests/test_faust_fixes.py
-fails on an upgrade that moves or changes any private name relied on here (re-check this
-module then, against our kill -9 and rebalance tests on the real broker).
+(and, for the fault sites of 5., tests/test_streams_faults.py) fails on an upgrade that
+moves or changes any private name relied on here (re-check this module then, against our
+kill -9 and rebalance tests on the real broker).
 
 1. How far table recovery must read a changelog partition (`_ConsumerThread._highwaters`).
 
@@ -44,6 +45,13 @@ transaction of its *destination* partition ([faust#323]: a KeyError / no produce
 topics the app does not consume); we name the transaction of the source partition, in
 the id format Faust's TransactionManager opens transactions under.
 
+5. Fault sites inside Faust (tests only; streams.faults). Two of the places a test kills or
+delays a worker are inside Faust: a transaction's commit, after Faust has sent it the
+consumed offsets (`Producer.commit_transactions`), and recovery's seek of the stream
+partitions to their committed offsets right before it resumes flow
+(`Consumer.perform_seek`). Only when a fault is set does the transport build the
+subclasses that reach them; a worker without one runs exactly the classes of 1.-3.
+
 [faust#440]: https://github.com/faust-streaming/faust/issues/440
 [faust#517]: https://github.com/faust-streaming/faust/issues/517
 [faust#323]: https://github.com/faust-streaming/faust/issues/323
@@ -58,10 +66,12 @@ from typing import Any, Awaitable, Callable
 
 import faust
 from faust.transport.consumer import TopicPartitionGroup
+import aiokafka
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from kafka import KafkaConsumer, TopicPartition
 
 from gensar.settings import KafkaSettings
+from streams.faults import Faults
 
 #: The faust-streaming releases these corrections were written for: [first, last) as in
 #: pyproject.toml. Outside it, tests/test_faust_fixes.py fails until this module is re-checked.
@@ -162,24 +172,64 @@ class Consumer(aiokafka_driver.Consumer):
         return await super().commit(topics, start_new_transaction=start_new_transaction)
 
 
+# --- 5. fault sites inside Faust --------------------------------------------------------------
+
+
+class _FaultSitesConsumer(Consumer):
+    """Our consumer, reaching the "recovery-seek" site once Faust's seek to the committed
+    offsets is done: recovery (`Recovery.on_recovery_completed`, `_resume_streams`) awaits
+    `perform_seek` and then resumes flow without awaiting anything else."""
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        await self.transport.faults.reach("recovery-seek")
+
+
+class _FaultSitesAIOKafkaProducer(aiokafka.AIOKafkaProducer):
+    """aiokafka's producer, reaching the commit's sites. Faust commits a transaction only in
+    `Producer.commit_transactions`, which awaits `send_offsets_to_transaction` and then this."""
+
+    def __init__(self, *args: Any, faults: Faults, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.faults = faults
+
+    async def commit_transaction(self) -> None:
+        await self.faults.reach("before-commit")
+        await super().commit_transaction()
+        await self.faults.reach("after-commit")
+
+
+class _FaultSitesProducer(aiokafka_driver.Producer):
+    """Faust's producer, building its aiokafka producers (the private `_producer_type`,
+    which `_new_producer` calls for each transaction's producer) from ours."""
+
+    @property
+    def _producer_type(self) -> Callable[..., aiokafka.AIOKafkaProducer]:
+        return partial(_FaultSitesAIOKafkaProducer, faults=self.transport.faults)
+
+
 class Transport(aiokafka_driver.Transport):
     """Faust's `kafka://` transport (aiokafka), creating our Consumer. Carries the
-    connection settings the consumer thread reads the changelogs' tails with."""
+    connection settings the consumer thread reads the changelogs' tails with, and the
+    worker's faults (fix 5)."""
 
     Consumer = Consumer
 
-    def __init__(self, url: list, app: faust.App, *, kafka: KafkaSettings, **kwargs: Any) -> None:
+    def __init__(self, url: list, app: faust.App, *, kafka: KafkaSettings, faults: Faults, **kwargs: Any) -> None:
         super().__init__(url, app, **kwargs)
-        self.kafka_settings = kafka
+        self.kafka_settings, self.faults = kafka, faults
+        if faults.enabled:
+            self.Consumer, self.Producer = _FaultSitesConsumer, _FaultSitesProducer
 
 
 # --- what the other modules call -------------------------------------------------------------
 
 
-def install(app: faust.App, kafka: KafkaSettings) -> None:
-    """Give `app` the corrected consumer: call it right after creating the app, before
-    declaring agents (declaring one builds the app's transport)."""
-    app.transport = Transport(app.conf.broker_consumer, app, kafka=kafka)
+def install(app: faust.App, kafka: KafkaSettings, faults: Faults) -> None:
+    """Give `app` the corrected consumer (and, with a fault set, the fault sites inside
+    Faust): call it right after creating the app, before declaring agents (declaring one
+    builds the app's transport)."""
+    app.transport = Transport(app.conf.broker_consumer, app, kafka=kafka, faults=faults)
 
 
 def route_consumer_commits(consumer: object, handler: CommitHandler) -> None:

@@ -6,6 +6,7 @@ use these."""
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -14,6 +15,7 @@ from kafka.errors import KafkaError
 from gensar.settings import KafkaSettings, Settings
 from gensar.topics import INTERACTIONS, ITEMS, SEARCH_EVENTS
 from streams.app import app_id, changelog_topic
+from streams.state import entries_digest
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,18 @@ def table_snapshot(settings: Settings, table: str) -> dict[bytes, bytes]:
         else:
             snapshot[record.key] = record.value
     return snapshot
+
+
+def changelog_digests(settings: Settings, table: str) -> dict[str, dict]:
+    """Per changelog partition, the digest of what it holds committed (the latest value per
+    key): what a caught-up worker holding every partition answers on GET /tables/{table}/digest."""
+    latest: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+    for record in read_topic(settings.kafka, changelog_topic(settings, table)):
+        if record.value is None:
+            latest[record.partition].pop(record.key, None)
+        else:
+            latest[record.partition][record.key] = record.value
+    return {str(p): entries_digest(entries.items()) for p, entries in sorted(latest.items()) if entries}
 
 
 def source_topics(settings: Settings) -> list[str]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from gensar.settings import StrictSettings
+from streams.faults import parse_fault
 
 
 class StreamSettings(StrictSettings):
@@ -47,6 +48,15 @@ class StreamSettings(StrictSettings):
     catalogue_wait_s: float = Field(10.0, ge=0, le=600)
     lag_interval_s: float = Field(2.0, gt=0, le=600)  # how often consumer lag is measured
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Tests only: kill:<site>:<n> or delay:<site>:<seconds> (streams.faults, which lists the sites).
+    fault: str | None = None
+
+    @field_validator("fault")
+    @classmethod
+    def _valid_fault(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_fault(value)  # its ValueError says what is wrong
+        return value
 
     def advertised_url(self) -> str:
         host = self.web_advertised_host or self.web_host

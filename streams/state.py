@@ -22,6 +22,8 @@ store that is ahead of the last committed transaction.
 from __future__ import annotations
 
 import hashlib
+from typing import Iterable
+
 from pydantic import BaseModel, ConfigDict
 
 from gensar.data import event_order
@@ -177,3 +179,13 @@ def apply_item_use(stats: ItemStats, event: InteractionEvent | SearchEvent, topi
         last_seen=max(ts, stats.last_seen if stats.last_seen is not None else ts),
         applied={**stats.applied, topic: offset},
     ))
+
+
+def entries_digest(entries: Iterable[tuple[bytes, bytes]]) -> dict:
+    """What a table partition holds, comparable across a store and a changelog: the number
+    of entries and a SHA-256 over them in key order (each key and value length-prefixed)."""
+    digest, count = hashlib.sha256(), 0
+    for key, value in sorted(entries):
+        digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
+        count += 1
+    return {"entries": count, "sha256": digest.hexdigest()}

@@ -7,11 +7,15 @@ to that worker (Faust table routing), so any worker answers for any user or item
     GET /items/{item_id}/stats    -> ItemStats, summed over every worker's partitions
                                      (404 for an item never used)
     GET /items/{item_id}/stats/local -> the same, over this worker's partitions only
+    GET /tables/{table}/digest    -> per partition this worker holds, the entries of its local
+                                     store (count, SHA-256: streams.state.entries_digest), to
+                                     compare with the changelog's (streams.inspect.changelog_digests)
 """
 
 from __future__ import annotations
 
 import functools
+from collections import defaultdict
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -19,7 +23,7 @@ import faust
 from pydantic import BaseModel, ConfigDict
 
 from gensar.events import HistoryEntry
-from streams.state import ItemStats, UserState, item_stats_key, merged_history
+from streams.state import ItemStats, UserState, entries_digest, item_stats_key, merged_history
 
 if TYPE_CHECKING:
     from streams.app import StreamApp
@@ -94,3 +98,17 @@ def declare_views(s: "StreamApp") -> None:
                             return self.error(502, f"worker {url} answered {r.status}")
             shares = [share for share in shares if share is not None]
             return stats_response(self, item_id, functools.reduce(ItemStats.merge, shares) if shares else None)
+
+    tables = {table.name: table for table in (s.users, s.item_stats, s.catalogue)}
+
+    @app.page("/tables/{table}/digest")
+    class TableDigestView(faust.web.View):
+        """Reads this worker's whole store of the table: for tests and operators, not serving."""
+
+        async def get(self, request: faust.web.Request, table: str) -> faust.web.Response:
+            if table not in tables:
+                return self.notfound(f"no table {table!r}; the tables are {', '.join(tables)}")
+            by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+            for key, value in tables[table].items():  # the partitions this worker holds (a global table: all)
+                by_partition[s.partition_of(tables[table], key)].append((key, value))
+            return self.json({str(p): entries_digest(entries) for p, entries in sorted(by_partition.items())})
