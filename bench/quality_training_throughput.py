@@ -6,7 +6,7 @@ when present.
         per target, a T5 encoder pass over the prompt and the last 10 events, the decoder
         generating that one identifier; batches of 64 samples
     whole-sequence decoder (model/, the recipe we ship): each user's events as one token
-        sequence (windows of 256, overlap 128), a target at every event, token-packed
+        sequence (windows of 256, overlap 32), a target at every event, token-packed
         batches of 8,192, plus the alignment sequences of the default mix
 
 Both models have the same width and depth (ModelSettings(): 128d x 2 layers) and read the

@@ -73,7 +73,10 @@ class RenderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     context_tokens: int = Field(256, ge=16)  # training windows and request prefixes
-    overlap_tokens: int = Field(128, ge=0)  # of consecutive windows of one user
+    # Of consecutive windows of one user: the context a window's first targets see. 32
+    # against 128 read 1.42x fewer tokens an epoch for validation scores inside the noise
+    # (README, Model: training throughput).
+    overlap_tokens: int = Field(32, ge=0)
     max_text_tokens: int = Field(12, ge=2)  # per query / title
     item_text_tokens: int = Field(48, ge=4)  # item text of item_to_id
     # How a history event writes its item: "task" its task's id (an interaction the rec id,
