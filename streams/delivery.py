@@ -3,10 +3,12 @@
 
 Measured on the real broker (a worker restarted after kill -9): when recovery ends,
 Faust seeks the stream partitions to their committed offsets and then resumes flow,
-which clears the stream buffers; records fetched in between are dropped and the
-partition continues after them. And a few seconds later it delivered the last record
-of each partition a second time. So each partition's next expected offset is tracked,
-starting from the group's committed offset when the partition is assigned:
+which clears the stream buffers; records fetched in between were dropped and the
+partition continued after them (streams.faust_fixes now stops the flow for the seek, so
+what is dropped is fetched again), and records an agent took before the seek come again
+after it. And a few seconds later it delivered the last record of each partition a
+second time. So each partition's next expected offset is tracked, starting from the
+group's committed offset when the partition is assigned:
 
 - an offset below it is a repeat: skipped (its outputs are in this worker's transaction);
 - an offset above it is a gap: the consumer is sent back to the expected offset, and

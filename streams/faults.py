@@ -31,7 +31,7 @@ SITES = {
     "recovery-record": "Faust's table recovery has read this many changelog records (of any table, the "
                        "global catalogue's continuing reads included; it applies them to the store in batches)",
     "recovery-seek": "the stream partitions are sought back to their committed offsets after recovery "
-                     "(or while flow is paused); flow is not resumed yet",
+                     "(or while flow is stopped); the flow is stopped until recovery resumes it",
 }
 
 

@@ -26,13 +26,25 @@ The fix: the highwater of a partition is one past its last *committed data recor
 found by reading the partition's tail under read_committed (aborted records and markers
 are skipped). Recovery then ends exactly when that record has been applied.
 
-2. Which fetched records reach the agents (`Consumer._read_offset`). Faust drops a
-fetched record whose offset is below the highest offset it has delivered for the
-partition. When recovery ends it seeks the partitions to their committed offsets;
-records fetched from before that seek still arrive, raise that mark, and the re-fetched
-records after the committed offset are then dropped: a restarted worker silently skipped
-events. Every fetched record is delivered instead, and streams.delivery keeps each
-partition in order, once.
+2. Which fetched records reach the agents (`Consumer._read_offset`,
+`Consumer.perform_seek`). Faust drops a fetched record whose offset is below the highest
+offset it has delivered for the partition. When recovery ends it seeks the partitions to
+their committed offsets; records fetched from before that seek still arrive, raise that
+mark, and the re-fetched records after the committed offset are then dropped: a
+restarted worker silently skipped events. Every fetched record is delivered instead, and
+streams.delivery keeps each partition in order, once.
+
+And at the end of recovery (`Recovery.on_recovery_completed`) Faust resumes the stream
+partitions, seeks them, and only then resumes flow (`app.flow_control.resume()`), which
+empties the agents' buffers. The fetch loop is running all the while (recovery started
+it to read the changelogs), so what it fetched from the sought positions before that
+resume was taken from the fetcher and then thrown away: the consumer's positions stood
+past records no agent ever saw. streams.delivery notices such a gap only when the next
+record of the partition arrives; with no more input the partition stalled (a worker
+whose recovery waited 3 s after the seek processed one of 300 pending events; under load
+the natural gap did the same). The seek now stops the flow first (`stop_flow`: the fetch
+loop delivers nothing until recovery's `resume_flow`), so every record handed out or
+buffered before the resume was fetched before the seek, and is fetched again after it.
 
 3. Who commits (`Consumer.commit`). Faust commits a transaction from a timer and while
 waiting out a rebalance, with the offsets acknowledged before it takes the transaction's
@@ -147,9 +159,9 @@ class _NoReadOffsets(dict):
 
 
 class Consumer(aiokafka_driver.Consumer):
-    """Faust's aiokafka consumer, delivering every fetched record (fix 2), its thread
-    reading highwaters as recovery needs them (fix 1), its commits optionally routed to a
-    handler (fix 3)."""
+    """Faust's aiokafka consumer, delivering every fetched record and none that recovery's
+    end throws away (fix 2), its thread reading highwaters as recovery needs them (fix 1),
+    its commits optionally routed to a handler (fix 3)."""
 
     #: When set (route_consumer_commits), every commit of this consumer, Faust's own
     #: included, calls it instead: `await handler(topics, start_new_transaction)`.
@@ -165,6 +177,14 @@ class Consumer(aiokafka_driver.Consumer):
         # The private factory ThreadDelegateConsumer.__init__ calls; the same arguments as
         # faust's own aiokafka Consumer._new_consumer_thread, our thread class.
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        # Recovery seeks, then empties the agents' buffers and resumes flow, with no await
+        # in between; Faust's fetch loop also seeks here when it finds the flow stopped.
+        # Stopped from before the seek, the loop hands out nothing fetched after it that
+        # the emptying could throw away (fix 2).
+        self.stop_flow()
+        await super().perform_seek()
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if self.commit_handler is not None:

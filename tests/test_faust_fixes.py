@@ -83,6 +83,25 @@ def test_the_read_offset_mapping_the_fetch_loop_consults_is_still_there():
         "the fetch loop's drop rule changed (faust_fixes fix 2): " + RECHECK
 
 
+def test_recovery_resumes_the_flow_its_seek_stopped_and_a_stopped_flow_delivers_nothing():
+    for method in (faust.tables.recovery.Recovery.on_recovery_completed, faust.tables.recovery.Recovery._resume_streams):
+        after_seek = source(method).split("consumer.perform_seek()", 1)[-1]
+        assert "flow_control.resume()" in after_seek.split("consumer.resume_flow()", 1)[0] \
+            and "consumer.resume_flow()" in after_seek, \
+            f"{method.__qualname__} no longer empties the buffers and resumes flow after its seek (fix 2): " + RECHECK
+    assert "self.flow_active = False" in source(consumer_module.Consumer.stop_flow), RECHECK
+    assert "await self.wait(self.can_resume_flow)" in source(consumer_module.Consumer._wait_next_records), \
+        "the fetch loop no longer waits for a stopped flow to resume: " + RECHECK
+    assert "if not self.consumer.flow_active:\n            return {}" in source(
+        aiokafka_driver.AIOKafkaConsumerThread._fetch_records), RECHECK
+    getmany = source(consumer_module.Consumer.getmany)
+    assert "if not self.flow_active:\n                    break" in getmany, RECHECK
+    # What a fetch in flight when the flow stopped returns is dropped, and sought back to
+    # the committed offsets: it may have been fetched after recovery's seek.
+    assert "await self.perform_seek()" in getmany.split("else:", 1)[-1], RECHECK
+    assert "callback(message), self.suspend_flow.wait()" in source(consumer_module.Consumer._drain_messages), RECHECK
+
+
 def test_the_consumer_thread_factory_we_override_is_still_called_and_shaped_the_same():
     assert "self._new_consumer_thread()" in source(consumer_module.ThreadDelegateConsumer.__init__), RECHECK
     assert "AIOKafkaConsumerThread(self, loop=self.loop, beacon=self.beacon)" in source(
@@ -119,6 +138,7 @@ def test_faust_still_names_a_source_partitions_transaction_as_we_do():
 
 
 OVERRIDES = [
+    (faust_fixes.Consumer, "perform_seek"),
     (faust_fixes.Consumer, "commit"),
     (faust_fixes.Consumer, "_new_consumer_thread"),
     (faust_fixes._ConsumerThread, "_highwaters"),
@@ -171,6 +191,28 @@ def test_a_stream_app_gets_the_corrected_consumer(tmp_path):
         faust_fixes.route_consumer_commits(consumer, handler)
         assert await consumer.commit() is True and await consumer.commit({"t"}, start_new_transaction=False)
         assert calls == [(None, True), ({"t"}, False)]
+
+    asyncio.run(check())
+
+
+def test_the_consumers_seek_stops_the_flow_before_it_seeks(tmp_path):
+    from streams.app import StreamApp
+
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"), state_dir=tmp_path)
+    consumer = StreamApp(settings, StreamSettings(store="memory://", metrics_port=0)).app.consumer
+    seen = []
+
+    async def seek_to_committed():
+        seen.append((consumer.flow_active, consumer.can_resume_flow.is_set(), consumer.suspend_flow.is_set()))
+        return {}
+
+    async def check() -> None:
+        consumer.resume_flow()  # as recovery leaves it while it reads the changelogs
+        consumer.seek_to_committed = seek_to_committed
+        await consumer.perform_seek()
+        assert seen == [(False, False, True)] and not consumer.flow_active
+        consumer.resume_flow()
+        assert consumer.flow_active
 
     asyncio.run(check())
 

@@ -260,10 +260,10 @@ def assert_stores_equal_changelogs(settings: Settings, worker: WorkerProcess, wh
             for p, (s, c) in sorted(differ.items()))
 
 
-# Not in `make test` (slow): 3 to 9 minutes on 2 cores, and it finds a defect not fixed yet:
-# a worker whose recovery is delayed between its seek and its resume stops consuming (the
-# recovery-seek case fails every time, the commit sites sometimes; README, Streams). Run it
-# with `pytest -m slow tests/test_streams_faults.py`.
+# Not in `make test` (slow): about 3 to 5 minutes on 2 cores. The recovery-seek case is the
+# regression test of the records that recovery's resume threw away (streams/faust_fixes.py,
+# fix 2; README, Streams); one of 5 matrix runs since failed at before-commit, cause not
+# found yet. Run it with `pytest -m slow tests/test_streams_faults.py`.
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.site)
