@@ -267,7 +267,7 @@ def assert_stores_equal_changelogs(settings: Settings, worker: WorkerProcess, wh
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.site)
-def test_a_worker_killed_or_delayed_at_a_fault_site_loses_and_repeats_nothing(kafka, dataset, start_worker, case):
+def test_a_worker_killed_or_delayed_at_a_fault_site_loses_and_repeats_nothing(kafka, dataset, start_worker, case):  # noqa: F811
     settings = Settings(kafka=kafka)
     user_events = dataset.user_events()[-EVENTS:]
     catalogue = [dataset.items[i] for i in dict.fromkeys(i for e in user_events for i in items_used(e))]
