@@ -1,5 +1,5 @@
-"""`gensar learner` (run the learner) and the registry commands added to `gensar model`:
-list, show, promote, rollback."""
+"""`gensar learner` (run the learner), `gensar bootstrap` (the artifact store's first map and
+base model) and the registry commands added to `gensar model`: list, show, promote, rollback."""
 
 from __future__ import annotations
 
