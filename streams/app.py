@@ -48,8 +48,8 @@ from streams.connection import aiokafka_options, faust_broker
 from streams.metrics import StreamMetrics
 from streams.settings import StreamSettings
 from streams.transactions import Transactions
-from streams.state import (ItemStats, Record, UserState, apply_item_use, apply_user_event, item_stats_key, items_used,
-                           samples_for)
+from streams.state import (ItemStats, Record, UserState, apply_item_use, apply_user_event, item_stats_key,
+                           item_stats_partition, items_used, samples_for)
 
 
 def app_id(settings: Settings) -> str:
@@ -170,7 +170,7 @@ class StreamApp:
         """The partition of `table` whose store holds `key`: an item share's is in its key;
         a user's and an item's are those of their source records (murmur2 of the key)."""
         if table is self.item_stats:
-            return int(key.split(b"/", 1)[0])
+            return item_stats_partition(key)
         return partition_for(key, table.partitions)
 
     def _forget_cached(self) -> None:

@@ -158,6 +158,11 @@ def item_stats_key(partition: int, item_id: str) -> bytes:
     return f"{partition}/{item_id}".encode()
 
 
+def item_stats_partition(key: bytes) -> int:
+    """The partition whose share an item-stats key names (item_stats_key's first part)."""
+    return int(key.split(b"/", 1)[0])
+
+
 def items_used(event: InteractionEvent | SearchEvent) -> list[str]:
     return [event.item_id] if isinstance(event, InteractionEvent) else clicked_targets(event)
 
