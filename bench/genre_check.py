@@ -62,7 +62,8 @@ def main() -> None:
     loader = Loader(serving, layout, catalogue)
     dense = DenseIndex(catalogue, layout.embeddings)
     engines = {"model": Engine(loader, catalogue, None, serving.beam_size),
-               "/search": Engine(loader, catalogue, dense, serving.beam_size, serving.dense_k)}
+               "/search": Engine(loader, catalogue, dense, serving.beam_size, serving.dense_k,
+                                 (serving.dense_weight, serving.dense_weight_without_history))}
     base = loader.load(None)
     for engine in engines.values():
         engine.slots = {"search": base, "rec": base}

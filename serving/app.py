@@ -192,7 +192,8 @@ class GenSARServer:
         qdrant = QdrantSettings()
         shared = ItemVectorStore(layout.qdrant, qdrant) if settings.dense and qdrant.url else None  # a server: the identifiers' collection
         dense = DenseIndex(catalogue, layout.embeddings, loader.device, shared) if settings.dense else None
-        self.engine = Engine(loader, catalogue, dense, settings.beam_size, settings.dense_k)
+        self.engine = Engine(loader, catalogue, dense, settings.beam_size, settings.dense_k,
+                             (settings.dense_weight, settings.dense_weight_without_history))
         self.engine.on_refusal = self._refused
         context = serve.get_replica_context()
         self.replica, self.pid = context.replica_id.unique_id, os.getpid()

@@ -1,5 +1,5 @@
 """Dense look-up for search: the query's MiniLM vector against item-text vectors in Qdrant,
-fused with the generated results by reciprocal-rank fusion. Items too new to have an
+fused with the generated results by weighted reciprocal-rank fusion. Items too new to have an
 identifier (in the catalogue, not yet in the serving map) are reachable only this way.
 
 With a Qdrant server configured (GENSAR_QDRANT__URL, as the chart does), replicas query the
@@ -73,10 +73,16 @@ class DenseIndex:
         return [[(p.payload["item_id"], float(p.score)) for p in r.points] for r in responses]
 
 
-def fuse(*rankings: list[str]) -> list[tuple[str, float]]:
-    """Reciprocal-rank fusion of ranked id lists -> (id, fused score), best first (ties by id)."""
+def fuse(*rankings: list[str | None], weights: tuple[float, ...] | None = None) -> list[tuple[str, float]]:
+    """Weighted reciprocal-rank fusion of ranked id lists -> (id, fused score), best first
+    (ties by id): rank r of list j adds weights[j] / (RRF_K + r + 1); default weight 1 each.
+    A None holds its rank without an item (one ranking split into parts weighted apart)."""
+    weights = weights or (1.0,) * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
     score: dict[str, float] = defaultdict(float)
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights):
         for rank, item in enumerate(ranking):
-            score[item] += 1.0 / (RRF_K + rank + 1)
+            if item is not None:
+                score[item] += weight / (RRF_K + rank + 1)
     return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -81,9 +81,11 @@ def _known(history: tuple[HistoryEntry, ...], bundle: Bundle) -> list[HistoryEnt
 
 class Engine:
     def __init__(self, loader: Loader, catalogue: Catalogue, dense: DenseIndex | None = None,
-                 beam_size: int = 30, dense_k: int = 20):
+                 beam_size: int = 30, dense_k: int = 20, dense_weights: tuple[float, float] = (1.0, 1.0)):
+        """dense_weights: the dense list's fusion weight against the model's (1) for a search
+        with a history the map knows, and for one without (ServingSettings.dense_weight*)."""
         self.loader, self.catalogue, self.dense = loader, catalogue, dense
-        self.beam_size, self.dense_k = beam_size, dense_k
+        self.beam_size, self.dense_k, self.dense_weights = beam_size, dense_k, dense_weights
         self.slots: dict[str, Bundle] = {}
         self.pins: dict[str, str | None] = {}  # "joint" | "search" | "rec" -> version
         self.swaps: list[Swap] = []
@@ -218,7 +220,14 @@ class Engine:
         answers = []
         for q, model_ranking, dense_ranking in zip(queries, generated, looked_up):
             dense_ids = [i for i, _ in dense_ranking if q.genre is None or q.genre in self.catalogue.genres.get(i, ())]
-            fused = fuse([i for i, _ in model_ranking[: q.k]], dense_ids)
+            # Where the model knows nothing, the dense list weighs as without a history: a
+            # request with no known history (the model answers from the query alone), and an
+            # item too new for an identifier (the model cannot rank it at all).
+            with_history, without = self.dense_weights
+            weight = with_history if _known(q.history, bundle) else without
+            known = [i if i in bundle.idmap else None for i in dense_ids]
+            new = [None if i in bundle.idmap else i for i in dense_ids]
+            fused = fuse([i for i, _ in model_ranking[: q.k]], known, new, weights=(1.0, weight, without))
             answers.append(self._answer(bundle, fused[: q.k], "model+dense"))
         return answers
 

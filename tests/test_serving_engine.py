@@ -28,7 +28,7 @@ from model.tasks import TaskMix, build_pools
 from model.train import TrainSettings, train
 from serving.bundle import BundleError, Loader
 from serving.catalogue import Catalogue
-from serving.dense import DenseIndex
+from serving.dense import RRF_K, DenseIndex, fuse
 from serving.engine import Engine, Query, item_history
 from serving.items import follow_items
 from serving.settings import ServingSettings
@@ -119,6 +119,35 @@ def test_a_new_item_is_reachable_through_the_dense_look_up(engine):
     assert NEW_ITEM not in engine.slots["search"].idmap
     (a,) = engine.search([Query("search", 10, query="zulu quebec newcomer")])
     assert NEW_ITEM in [i.id for i in a.items]
+
+
+def test_fusion_weighs_each_list_and_a_none_holds_its_rank():
+    fused = dict(fuse(["a", "b"], ["c", None, "b"], weights=(1.0, 2.0)))
+    assert fused == pytest.approx({"a": 1 / (RRF_K + 1), "b": 1 / (RRF_K + 2) + 2 / (RRF_K + 3), "c": 2 / (RRF_K + 1)})
+    assert [i for i, _ in fuse(["a", "b"], ["c", None, "b"], weights=(1.0, 2.0))] == ["b", "c", "a"]
+    with pytest.raises(ValueError, match="2 rankings but 1 weights"):
+        fuse(["a"], ["b"], weights=(1.0,))
+
+
+def test_the_dense_weight_depends_on_what_the_model_knows(engine):
+    """With a known history the dense list weighs `dense_weights[0]` (0: the model's ranking
+    stands), without one `dense_weights[1]`; an item without an identifier always weighs as
+    without a history, so a user with a history still reaches a new item."""
+    model_only = Engine(engine.loader, engine.catalogue, None, beam_size=engine.beam_size)
+    model_only.slots = engine.slots
+    before = engine.dense_weights
+    try:
+        engine.dense_weights = (0.0, 1.0)
+        warm = Query("search", 5, query="alpha", history=item_history(("3",)))
+        (fused,), (alone,) = engine.search([warm]), model_only.search([warm])
+        assert [i.id for i in fused.items] == [i.id for i in alone.items]
+        (cold,) = engine.search([Query("search", 5, query="alpha")])
+        (cold_alone,) = model_only.search([Query("search", 5, query="alpha")])
+        assert [i.id for i in cold.items] != [i.id for i in cold_alone.items]
+        (new,) = engine.search([Query("search", 10, query="zulu quebec newcomer", history=item_history(("3",)))])
+        assert NEW_ITEM in [i.id for i in new.items]
+    finally:
+        engine.dense_weights = before
 
 
 def test_cold_users_get_popularity_or_their_search_history(engine):
