@@ -57,8 +57,8 @@ STREAM_SETTINGS = {"GENSAR_STREAMS__HISTORY_LENGTH": str(HISTORY),
 def workers(kafka, tmp_path):
     started: list[WorkerProcess] = []
 
-    def start(name: str = "w0") -> WorkerProcess:
-        worker = WorkerProcess(kafka, tmp_path, name, env=STREAM_SETTINGS).start()
+    def start(name: str = "w0", **env: str) -> WorkerProcess:
+        worker = WorkerProcess(kafka, tmp_path, name, env={**STREAM_SETTINGS, **env}).start()
         started.append(worker)
         return worker
 
@@ -243,6 +243,67 @@ def test_rebalance_between_two_workers_mid_stream(kafka, dataset, workers):
             status, body = worker.get(f"/users/{user}/history")
             assert status == 200 and body["history"] == expected.users[user]["history"], (worker.name, user, body)
     assert first.stop() == 0 and second.stop() == 0
+
+
+# --- partitions handed back (#14 item 2) -------------------------------------------------
+
+
+def assert_matches_or_show_logs(settings: Settings, expected: Expected, *workers_seen: WorkerProcess) -> None:
+    """assert_matches, failing with every worker's log tail (one file each): who recovered what."""
+    try:
+        assert_matches(settings, expected)
+    except AssertionError as failure:
+        tails = "\n".join(f"--- {w.name} ({w.log_path}) ---\n{w.log_tail()}" for w in workers_seen)
+        raise AssertionError(f"{failure}\n{tails}") from failure
+
+
+def recovered(worker: WorkerProcess) -> int:
+    """How many recoveries Faust logged in the worker's log (all its runs)."""
+    return worker.log_path.read_text(errors="replace").count("Recovery complete")
+
+
+def test_a_worker_joining_while_the_first_recovers_loses_and_repeats_nothing(kafka, dataset, workers):
+    """The first worker is killed mid-stream; while its restart recovers its store from the
+    changelogs (held at the end of recovery, between its seek and its resume, by a delay
+    fault), a second joins: the group rebalances inside recovery, partitions move to the
+    second and the rest stay with the first."""
+    events = replay_slice(dataset)
+    settings = Settings(kafka=kafka)
+    first = workers("w0")
+    replay(events, kafka, progress=False)
+    first.wait_processed(len(dataset.items) + SLICE // 3)
+    first.kill()
+    # The same store directory: recovery replays its changelogs, then waits 10 s at its seek.
+    restarted = workers("w0", GENSAR_STREAMS__FAULT="delay:recovery-seek:10")
+    deadline = time.monotonic() + 60
+    while "Restoring state from changelog topics" not in restarted.log_tail(20_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = workers("w1")  # joins (a few seconds to start) while the restart is recovering
+    wait_caught_up(settings, timeout_s=240)
+    assert_matches_or_show_logs(settings, expected_from(events), restarted, second)
+    assert recovered(restarted) >= 2 and recovered(second) >= 1, (restarted.log_tail(), second.log_tail())
+    assert restarted.stop() == 0 and second.stop() == 0
+
+
+def test_partitions_return_to_the_first_worker_when_the_second_is_killed(kafka, dataset, workers):
+    """A second worker joins mid-stream and takes partitions over, then is SIGKILLed: after the
+    session times out its partitions come back to the first worker, whose store kept the
+    others, and it recovers them from their changelogs."""
+    events = replay_slice(dataset)
+    settings = Settings(kafka=kafka)
+    first = workers("w0")
+    replay(events[:len(dataset.items)], kafka, progress=False)
+    feeding = threading.Thread(target=paced_replay, args=(events[len(dataset.items):], kafka))  # ~30 s
+    feeding.start()
+    first.wait_processed(len(dataset.items) + SLICE // 4)
+    second = workers("w1")
+    second.wait_processed(1, timeout_s=180)  # it took partitions over and processes them
+    second.kill()  # transactions open: what it did not commit is aborted and done again by the first
+    feeding.join()
+    wait_caught_up(settings, timeout_s=240)
+    assert_matches_or_show_logs(settings, expected_from(events), first, second)
+    assert recovered(first) >= 3, first.log_tail()  # start, the join, the hand-back
+    assert first.stop() == 0
 
 
 def test_fuzzed_input_is_dead_lettered_with_reasons_and_good_events_still_flow(kafka, dataset, workers):
