@@ -1,6 +1,6 @@
-"""Prequential HR@10 over the replay as PNG line charts (matplotlib, headless Agg backend):
-the status page serves them at /charts/{task}.png and the report writes them next to
-report.md."""
+"""Prequential HR@10 over the replay as PNG line charts, one line per system (live, frozen,
+each streaming baseline; matplotlib, headless Agg backend): the status page serves them at
+/charts/{task}.png and the report writes them next to report.md."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import io
 
 from matplotlib.figure import Figure  # not pyplot: no global state, no display, safe in server threads
 
-STYLES = {"live": {"color": "#1f77b4"}, "frozen": {"color": "#ff7f0e", "linestyle": "--"}}  # dashed: both visible where they agree
+from demo.prequential import systems_of
+
+# live solid and frozen dashed (both visible where they agree); the baselines thinner, dotted
+STYLES = {"live": {"color": "#1f77b4", "linewidth": 1.6},
+          "frozen": {"color": "#ff7f0e", "linestyle": "--", "linewidth": 1.6}}
+BASELINE_COLORS = ("#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
 def rolling(values: list[float], window: int) -> list[float]:
@@ -20,7 +25,8 @@ def rolling(values: list[float], window: int) -> list[float]:
 
 
 def prequential_charts(records, window: int = 50) -> dict[str, bytes]:
-    """task -> PNG of rolling HR@10 against wall time since the first prediction, live vs frozen."""
+    """task -> PNG of rolling HR@10 against wall time since the first prediction, per system
+    (a baseline over the predictions it answered)."""
     charts = {}
     t0 = records[0].at if records else 0.0
     for task in ("search", "rec"):
@@ -28,13 +34,16 @@ def prequential_charts(records, window: int = 50) -> dict[str, bytes]:
         times = [r.at - t0 for r in rows]
         fig = Figure(figsize=(5.6, 2.4), dpi=100)
         ax = fig.subplots()
-        for name, hits in (("live", [r.live_hit for r in rows]), ("frozen", [r.frozen_hit for r in rows])):
-            ax.plot(times, rolling(hits, window), label=name, linewidth=1.6, **STYLES[name])
+        for i, name in enumerate(systems_of(rows)):
+            answered = [(t, m[0]) for t, r in zip(times, rows) if (m := r.metrics(name)) is not None]
+            style = STYLES.get(name) or {"color": BASELINE_COLORS[(i - 2) % len(BASELINE_COLORS)], "linestyle": ":",
+                                         "linewidth": 1.1}
+            ax.plot([t for t, _ in answered], rolling([h for _, h in answered], window), label=name, **style)
         ax.set_title(f"{task}: prequential HR@10 (rolling {window}, {len(rows)} predictions)", fontsize=10)
         ax.set_xlabel("wall time (s)", fontsize=9)
         ax.set_ylim(bottom=0)
         ax.tick_params(labelsize=8)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=6, loc="upper right", ncol=3)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")

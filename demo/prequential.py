@@ -1,38 +1,43 @@
 """Prequential (test-then-train) evaluation: before the system learns from an event, the
-live endpoint and a frozen copy of the bootstrap model predict it, from the same history.
+live endpoint, a frozen copy of the bootstrap model and the streaming baselines
+(demo.baselines) predict it, from the same history.
 
 Search events are asked as their query, interactions as the user's next item; a hit is the
-event's item in the top 10. Both are given the user's history explicitly (every earlier
-event of the user, bootstrap part included), so the comparison isolates the model versions
-and does not depend on how far the stream worker has caught up."""
+event's item in the top 10 of the whole catalogue. All are given the user's history
+explicitly (every earlier event of the user, bootstrap part included), so the comparison
+isolates the systems and does not depend on how far the stream worker has caught up.
+The baselines learn from a chunk once it was predicted, as the live system does once it is
+produced."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from evaluation.metrics import summarize as bootstrap
+from evaluation.metrics import expected_metrics, summarize as bootstrap
 from gensar.data import UserEvent, target_item
 from gensar.layout import Layout
 from serving.engine import Engine, Query, item_history
+
+from demo.baselines import Baselines
 
 K = 10
 HISTORY = 50  # items per request: the stream workers' default history length
 
 
 def rank_metrics(ranked: list[str], target: str) -> tuple[float, float]:
-    """(hit@10, NDCG@10) of one prediction."""
+    """(hit@10, NDCG@10) of one ranked answer, by evaluation.metrics (an answer is a strict
+    order: no ties; a target outside it has at least K items above it)."""
     top = ranked[:K]
-    if target not in top:
-        return 0.0, 0.0
-    return 1.0, 1.0 / math.log2(top.index(target) + 2)
+    better = top.index(target) if target in top else K
+    metrics = expected_metrics(np.array([better]), np.array([0]))
+    return float(metrics["HR@10"][0]), float(metrics["NDCG@10"][0])
 
 
 @dataclass
@@ -45,6 +50,14 @@ class Record:
     live_ndcg: float
     frozen_hit: float
     frozen_ndcg: float
+    baselines: dict[str, list[float]] = field(default_factory=dict)  # baseline -> [hit@10, NDCG@10]
+
+    def metrics(self, system: str) -> tuple[float, float] | None:
+        """(hit@10, NDCG@10) of "live", "frozen" or a baseline; None if it did not answer."""
+        if system in ("live", "frozen"):
+            return getattr(self, f"{system}_hit"), getattr(self, f"{system}_ndcg")
+        found = self.baselines.get(system)
+        return tuple(found) if found is not None else None
 
 
 class Histories:
@@ -80,15 +93,16 @@ def frozen_engine(layout: Layout, data_dir: Path, base_name: str) -> Engine:
 
 
 class Evaluator:
-    """Asks both predictors about a batch of events, appends the records to a JSON-lines file.
+    """Asks every system about a batch of events, appends the records to a JSON-lines file.
     The live endpoint gets the batch as concurrent requests (its replicas batch them, as
-    they would real traffic); the frozen copy decodes it as one batch per task."""
+    they would real traffic); the frozen copy decodes it as one batch per task; the
+    baselines answer in process (they are cheap)."""
 
-    def __init__(self, live_url: str, frozen: Engine, path: Path, concurrency: int = 16):
+    def __init__(self, live_url: str, frozen: Engine, baselines: Baselines, path: Path, concurrency: int = 16):
         self.client = httpx.Client(base_url=live_url, timeout=60,
                                    limits=httpx.Limits(max_connections=concurrency))
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="gensar-prequential")
-        self.frozen, self.path = frozen, path
+        self.frozen, self.baselines, self.path = frozen, baselines, path
         self.records: list[Record] = [Record(**json.loads(line)) for line in path.read_text().splitlines()] \
             if path.exists() else []
 
@@ -118,17 +132,22 @@ class Evaluator:
         """`asked`: events, each with the user's history before it (`Histories.of`)."""
         live = [self.pool.submit(self.ask_live, event, history) for event, history in asked]
         frozen = self.ask_frozen(asked)
+        baselines = self.baselines.answer(asked)
         records = []
-        for (event, _), answer, frozen_ranked in zip(asked, (f.result() for f in live), frozen):
+        for (event, _), answer, frozen_ranked, others in zip(asked, (f.result() for f in live), frozen, baselines):
             target = target_item(event)
             live_hit, live_ndcg = rank_metrics([i["id"] for i in answer["items"]], target)
             frozen_hit, frozen_ndcg = rank_metrics(frozen_ranked, target)
             records.append(Record(now, event.timestamp, "search" if event.type == "search" else "rec",
-                                  answer["model_version"], live_hit, live_ndcg, frozen_hit, frozen_ndcg))
+                                  answer["model_version"], live_hit, live_ndcg, frozen_hit, frozen_ndcg, others))
         self.records += records
         with open(self.path, "a") as f:
             f.writelines(json.dumps(r.__dict__) + "\n" for r in records)
         return records
+
+    def learn(self, chunk: list[UserEvent]) -> None:
+        """The baselines' training step: after the chunk was predicted and produced."""
+        self.baselines.learn(chunk)
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -148,16 +167,46 @@ def summarize(records: list[Record]) -> dict[str, dict[str, float]]:
     return out
 
 
-def differences(records: list[Record], seed: int = 0) -> dict[str, dict[str, float | list[float]]]:
-    """Per task: live minus frozen HR@10 and NDCG@10, each with a paired 95% bootstrap
-    interval (both predictors answered the same events, so the events are resampled once)."""
+def systems_of(records: list[Record]) -> list[str]:
+    """"live", "frozen", then the baselines that answered any of `records`, by name."""
+    return ["live", "frozen", *sorted({name for r in records for name in r.baselines})]
+
+
+def by_system(records: list[Record]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per task, per system: n (cases it answered), HR@10 and NDCG@10 over them."""
     out = {}
     for task in ("search", "rec"):
         rows = [r for r in records if r.task == task]
-        if not rows:
-            continue
-        per_event = {"HR@10": np.array([r.live_hit - r.frozen_hit for r in rows]),
-                     "NDCG@10": np.array([r.live_ndcg - r.frozen_ndcg for r in rows])}
-        means, ci = bootstrap(per_event, seed=seed, names=tuple(per_event))
-        out[task] = {f"{m}{suffix}": value for m in per_event for suffix, value in (("", means[m]), (" ci95", ci[m]))}
+        out[task] = {}
+        for system in systems_of(rows):
+            answered = [m for m in (r.metrics(system) for r in rows) if m is not None]
+            n = len(answered) or 1
+            out[task][system] = {"n": len(answered), "HR@10": sum(h for h, _ in answered) / n,
+                                 "NDCG@10": sum(g for _, g in answered) / n}
     return out
+
+
+def versus_live(records: list[Record], seed: int = 0) -> dict[str, dict[str, dict[str, float | list[float]]]]:
+    """Per task, per other system: live minus it in HR@10 and NDCG@10, each with a paired 95%
+    bootstrap interval over the events both answered (resampled once for both metrics)."""
+    out = {}
+    for task in ("search", "rec"):
+        rows = [r for r in records if r.task == task]
+        out[task] = {}
+        for system in systems_of(rows)[1:]:
+            pairs = [(r.metrics("live"), m) for r in rows if (m := r.metrics(system)) is not None]
+            if not pairs:
+                continue
+            per_event = {"HR@10": np.array([a[0] - b[0] for a, b in pairs]),
+                         "NDCG@10": np.array([a[1] - b[1] for a, b in pairs])}
+            means, ci = bootstrap(per_event, seed=seed, names=tuple(per_event))
+            out[task][system] = {"n": len(pairs), **{f"{m}{suffix}": value for m in per_event
+                                                     for suffix, value in (("", means[m]), (" ci95", ci[m]))}}
+    return out
+
+
+def differences(records: list[Record], seed: int = 0) -> dict[str, dict[str, float | list[float]]]:
+    """Per task: live minus frozen HR@10 and NDCG@10 with their paired 95% bootstrap
+    intervals (`versus_live`'s frozen row, as summary.json has always had it)."""
+    return {task: {k: v for k, v in others["frozen"].items() if k != "n"}
+            for task, others in versus_live(records, seed).items() if "frozen" in others}

@@ -1,5 +1,6 @@
-"""What the demo measured: the summary (live vs frozen per task, freshness, versions and
-gate decisions) as a table on the console and a report (markdown + PNG charts + JSON)."""
+"""What the demo measured: the summary (live vs frozen and every streaming baseline per task,
+freshness, versions and gate decisions) as a table on the console and a report (markdown +
+PNG charts + JSON)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from gensar.artifacts import write_file
 from gensar.layout import Layout
 
 from demo.plots import prequential_charts
-from demo.prequential import Record, differences, summarize
+from demo.prequential import Record, by_system, differences, summarize, versus_live
 
 
 class VersionRow(BaseModel):
@@ -24,7 +25,9 @@ class VersionRow(BaseModel):
     status: str
     reason: str
     samples: int
-    gate: dict[str, dict[str, float]]
+    gate: dict[str, dict[str, float]]  # the manifest's metrics: "candidate:<task>" / "serving:<task>" -> n, means
+    gate_outcome: str | None = None  # which case of learner.refresh.gate decided (None: never gated)
+    gate_tasks: dict[str, dict] = {}  # task -> n, verdict, candidate - serving and its paired 95% interval
     freshness_s: float | None = None  # newest event learned from -> started serving
 
 
@@ -33,6 +36,9 @@ class Summary(BaseModel):
     wall_seconds: float
     tasks: dict[str, dict[str, float]]  # task -> events, live/frozen HR@10 and NDCG@10
     differences: dict[str, dict[str, float | list[float]]]  # task -> live - frozen, with paired 95% bootstrap CIs
+    systems: dict[str, dict[str, dict[str, int | float]]] = {}  # task -> system -> n, HR@10, NDCG@10
+    versus_live: dict[str, dict[str, dict[str, int | float | list[float]]]] = {}  # task -> system -> n, live - it, CIs
+    baselines: dict = {}  # how the streaming baselines were set (the popularity window and how it was chosen)
     versions: list[VersionRow]
     promoted: int
     served_adapters: list[str]
@@ -41,7 +47,7 @@ class Summary(BaseModel):
 
     @classmethod
     def collect(cls, root: Path, layout: Layout, records: list[Record], first_served: dict[str, dict], produced_at: list,
-                wall_seconds: float) -> "Summary":
+                wall_seconds: float, baselines: dict | None = None) -> "Summary":
         from learner.registry import LocalArtifactStore, Registry
 
         registry = Registry(LocalArtifactStore(layout.registry))
@@ -55,13 +61,17 @@ class Summary(BaseModel):
                 # the chunk that carried the newest learned event was acknowledged by then
                 i = min(bisect.bisect_left(event_times, last), len(produced_at) - 1)
                 lag = started[manifest.version] - produced_at[i][1]
+            gated = manifest.gate
             rows.append(VersionRow(version=manifest.version, task=manifest.task, status=decision.status,
                                    reason=decision.reason, samples=manifest.window.samples, gate=manifest.metrics,
+                                   gate_outcome=gated.outcome if gated else None,
+                                   gate_tasks={t: c.model_dump() for t, c in gated.tasks.items()} if gated else {},
                                    freshness_s=lag))
         lags = [r.freshness_s for r in rows if r.freshness_s is not None]
         promoted = sum(1 for d in registry.decisions() if d.status == "promoted")
         return cls(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), wall_seconds=wall_seconds,
-                   tasks=summarize(records), differences=differences(records), versions=rows, promoted=promoted,
+                   tasks=summarize(records), differences=differences(records), systems=by_system(records),
+                   versus_live=versus_live(records), baselines=baselines or {}, versions=rows, promoted=promoted,
                    served_adapters=sorted({v["version"] for v in first_served.values()
                                            if not v["version"].startswith("base:")}),
                    freshness_p50_s=statistics.median(lags) if lags else None, records=len(records))
@@ -71,19 +81,39 @@ COLUMNS = ("task", "events", "live HR@10", "frozen HR@10", "live - frozen HR@10 
            "frozen NDCG@10")
 
 
+def interval(d: dict, metric: str) -> str:
+    return f"{d[metric]:+.4f} [{d[metric + ' ci95'][0]:+.4f}, {d[metric + ' ci95'][1]:+.4f}]"
+
+
 def task_rows(summary: Summary) -> list[list[str]]:
     rows = []
     for task, m in summary.tasks.items():
         d = summary.differences.get(task)
-        diff = f"{d['HR@10']:+.4f} [{d['HR@10 ci95'][0]:+.4f}, {d['HR@10 ci95'][1]:+.4f}]" if d else "-"
+        diff = interval(d, "HR@10") if d else "-"
         rows.append([task, str(int(m["events"])), f"{m['live_hr10']:.4f}", f"{m['frozen_hr10']:.4f}", diff,
                      f"{m['live_ndcg10']:.4f}", f"{m['frozen_ndcg10']:.4f}"])
     return rows
 
 
+SYSTEM_COLUMNS = ("task", "system", "n", "HR@10", "NDCG@10", "live - system HR@10 [95% CI]",
+                  "live - system NDCG@10 [95% CI]")
+
+
+def system_rows(summary: Summary) -> list[list[str]]:
+    """Every system per task, with live minus it (paired over the events both answered)."""
+    rows = []
+    for task, systems in summary.systems.items():
+        for system, m in systems.items():
+            d = summary.versus_live.get(task, {}).get(system)
+            rows.append([task, system, str(int(m["n"])), f"{m['HR@10']:.4f}", f"{m['NDCG@10']:.4f}",
+                         interval(d, "HR@10") if d else "-", interval(d, "NDCG@10") if d else "-"])
+    return rows
+
+
 def summary_table(summary: Summary) -> Table:
-    table = Table(*COLUMNS, title=f"Prequential evaluation ({summary.date}, {summary.wall_seconds / 60:.1f} min)")
-    for row in task_rows(summary):
+    """The console's table: every system per task, live minus each with its paired interval."""
+    table = Table(*SYSTEM_COLUMNS, title=f"Prequential evaluation ({summary.date}, {summary.wall_seconds / 60:.1f} min)")
+    for row in system_rows(summary):
         table.add_row(*row)
     fresh = f"{summary.freshness_p50_s:.1f} s" if summary.freshness_p50_s is not None else "n/a"
     table.caption = (f"versions decided {len(summary.versions)}, promoted {summary.promoted}, adapters served "
@@ -91,19 +121,29 @@ def summary_table(summary: Summary) -> Table:
     return table
 
 
+def md_table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def markdown(summary: Summary) -> str:
     lines = [f"# GenSAR Stream demo report ({summary.date})", "",
              f"Wall time {summary.wall_seconds / 60:.1f} min; {summary.records} prequential predictions.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|",
-             *("| " + " | ".join(row) + " |" for row in task_rows(summary))]
+             *md_table(COLUMNS, task_rows(summary)), "", "## Every system", "",
+             "The same events in the same order, each answered from the same history over the whole catalogue "
+             "before any system learned from it; live minus each system with a paired 95% bootstrap interval "
+             "over the events both answered.", "", *md_table(SYSTEM_COLUMNS, system_rows(summary))]
+    if window := summary.baselines.get("popularity_window"):
+        lines += ["", f"popularity-window: the last {window} interactions ({summary.baselines['chosen_by']})."]
     fresh = f"{summary.freshness_p50_s:.1f} s" if summary.freshness_p50_s is not None else "n/a"
     lines += ["", f"Freshness p50 (newest learned event -> serving): {fresh}. Adapters served: "
               f"{', '.join(summary.served_adapters) or 'none'}.", "", "## Versions and gate decisions", "",
-              "| version | task | status | samples | freshness s | reason |", "|---|---|---|---|---|---|"]
-    for v in summary.versions:
-        lag = f"{v.freshness_s:.1f}" if v.freshness_s is not None else "-"
-        lines.append(f"| {v.version} | {v.task} | {v.status} | {v.samples} | {lag} | {v.reason} |")
-    lines += ["", "## Prequential HR@10 over the replay", "", "![search](search.png)", "", "![rec](rec.png)", ""]
+              "gate: the case of the gate that decided (learner.refresh.gate); the reason gives candidate - "
+              "serving HR@10 with its paired 95% interval per task.", "",
+              *md_table(("version", "task", "status", "samples", "freshness s", "gate", "reason"),
+                        [[v.version, v.task, v.status, str(v.samples),
+                          f"{v.freshness_s:.1f}" if v.freshness_s is not None else "-", v.gate_outcome or "-",
+                          v.reason] for v in summary.versions]),
+              "", "## Prequential HR@10 over the replay", "", "![search](search.png)", "", "![rec](rec.png)", ""]
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ from gensar.artifacts import write_file
 from gensar.layout import Layout
 from gensar.replay import make_producer, replay
 
-from demo.bootstrap import BASE_NAME, ensure_base_model, ensure_identifiers, prepare_world
+from demo.baselines import Baselines, choose_window
+from demo.bootstrap import BASE_NAME, World, ensure_base_model, ensure_identifiers, prepare_world
 from demo.prequential import Evaluator, Histories, frozen_engine
 from demo.report import Summary, write_report
 from demo.settings import DemoSettings
@@ -62,6 +63,25 @@ class Versions:
             save_json(self.path, self.first_served)
 
 
+def streaming_baselines(world: World, settings: DemoSettings, done: int, log) -> tuple[Baselines, dict]:
+    """The baselines, fed every event the live system learned from before the replay's
+    position `done` (the bootstrap the base model trained on, then the replayed part), and
+    how their popularity window was set."""
+    if settings.popularity_window is not None:
+        window, how = settings.popularity_window, {"popularity_window": settings.popularity_window,
+                                                   "chosen_by": "setting"}
+    else:
+        fraction = settings.prior_fraction or 0.1  # the base model's held-out tail, when it has one
+        tail_from = int(len(world.bootstrap) * (1 - fraction))
+        window, tried = choose_window(world.ds, world.bootstrap, tail_from)
+        how = {"popularity_window": window, "chosen_by": f"best HR@10 on the bootstrap's last {fraction:.0%} "
+               f"({len(world.bootstrap) - tail_from} events)", "tried_hr10": tried}
+        log(f"popularity baseline: window {window} interactions ({how['chosen_by']})")
+    baselines = Baselines(world.ds, window)
+    baselines.learn(world.bootstrap + world.stream[:done])
+    return baselines, how
+
+
 def adapters_served(versions: Versions) -> list[str]:
     return [v["version"] for v in versions.first_served.values() if not v["version"].startswith("base:")]
 
@@ -94,7 +114,8 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                 save_json(progress_path, progress)
             done = progress["replayed"]
             histories = Histories(world.bootstrap + world.stream[:done])
-            evaluator = Evaluator(stack.serve_url, frozen_engine(layout, world.data_dir, BASE_NAME),
+            baselines, baseline_settings = streaming_baselines(world, settings, done, log)
+            evaluator = Evaluator(stack.serve_url, frozen_engine(layout, world.data_dir, BASE_NAME), baselines,
                                   root / "demo" / "prequential.jsonl")
             versions = Versions(stack.serve_url, root / "demo" / "served.json")
             first_ts, last_ts = world.stream[0].timestamp, world.stream[-1].timestamp
@@ -114,6 +135,7 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                     histories.add(event)
                 evaluator.predict(asked, time.time())  # test ...
                 replay(chunk, stack.kafka, producer=producer, progress=False)  # ... then train
+                evaluator.learn(chunk)  # (the baselines)
                 done += len(chunk)
                 progress["replayed"] = done
                 progress["produced_at"].append([chunk[-1].timestamp, time.time()])
@@ -133,6 +155,6 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
             producer.close()
             status.stop()
         summary = Summary.collect(root, layout, evaluator.records, versions.first_served, progress["produced_at"],
-                                  wall_seconds=time.time() - started)
+                                  wall_seconds=time.time() - started, baselines=baseline_settings)
     write_report(root / "demo" / "report", summary, evaluator.records)
     return summary

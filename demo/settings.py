@@ -26,10 +26,17 @@ class DemoSettings(BaseModel):
     learner_replay: int = Field(3000, ge=0)
     learner_epochs: float = Field(1.0, gt=0)
     drain_seconds: float = Field(120.0, ge=0)  # after the replay: wait this long at most for the last refresh
+    gate_min_cases: int = Field(100, ge=1)  # the learner's gate decides a task on at least this many held-out cases
+    # The streaming popularity baseline's window in interactions; None: the best of
+    # demo.baselines.WINDOWS on the bootstrap's last prior_fraction (never on the replay).
+    popularity_window: int | None = Field(None, ge=1)
     qdrant: bool = True  # write the item vectors to embedded Qdrant (minutes on 2 cores)
 
 
 FULL = DemoSettings(items=3000, replay_events=12000, eval_every=15, rqvae_epochs=50)
 QUICK = DemoSettings(items=600, replay_events=1500, replay_seconds=30, chunk_events=100, eval_every=10,
                      rqvae_epochs=20, train_minutes=0.6, train_epochs=2.0, prior_cases=60, refresh_every_samples=300,
-                     learner_window=600, learner_replay=600, drain_seconds=60, qdrant=False)
+                     learner_window=600, learner_replay=600, drain_seconds=60, qdrant=False,
+                     # its refreshes hold out 30-90 samples, searches among them: the gate decides on
+                     # fewer cases than the default asks, so the quick demo shows the machinery, not evidence
+                     gate_min_cases=25)

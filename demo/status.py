@@ -1,8 +1,8 @@
 """The status page: a small FastAPI companion on loopback, run by the demo beside the Serve
 app. One HTML page (no CDN: the page and its charts come from this server) that polls
 /api/state: what serves and since when, the version history with gate decisions,
-prequential HR@10 over time (live vs frozen, PNG), the stream worker's consumer lag and
-dead letters; a search box and a per-user recommendation view that ask the live endpoint.
+prequential HR@10 so far per system (live, frozen, each streaming baseline: a table, and
+over time as PNG charts), the stream worker's consumer lag and dead letters; a search box and a per-user recommendation view that ask the live endpoint.
 `/?q=...&user=...` runs both on load."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
 from demo.plots import prequential_charts
-from demo.prequential import Record
+from demo.prequential import Record, by_system
 from gensar.layout import Layout
 
 
@@ -57,13 +57,16 @@ def create_app(root: Path, layout: Layout, serve_url: str, streams_metrics_url: 
         serving = {task: {"version": m["version"], "idmap_version": m["idmap_version"], "age_s": now - m["loaded_at"]}
                    for task, m in models["tasks"].items()}
         history = [{"version": m.version, "task": m.task, "status": d.status, "reason": d.reason,
-                    "samples": m.window.samples, "decided": d.timestamp} for m, d in registry.versions()]
+                    "gate": m.gate.outcome if m.gate else None, "samples": m.window.samples, "decided": d.timestamp}
+                   for m, d in registry.versions()]
         try:
             streams = prometheus_sums(httpx.get(streams_metrics_url, timeout=2).text,
                                       ("gensar_stream_consumer_lag", "gensar_stream_dead_letters"))
         except httpx.HTTPError:
             streams = {}
-        return {"serving": serving, "history": history, "streams": streams, "predictions": len(records())}
+        rows = records()
+        return {"serving": serving, "history": history, "streams": streams, "predictions": len(rows),
+                "systems": by_system(rows)}
 
     drawn: dict[str, object] = {"n": -1, "charts": {}}  # the charts of the last record count (the page polls)
     drawing = threading.Lock()
@@ -120,10 +123,11 @@ input{padding:4px}ol{font-size:13px}
 <h1>GenSAR Stream: live status</h1>
 <div class="box"><h2>Serving</h2><table id="serving"><tr><th>task</th><th>version</th><th>identifier map</th><th>age</th></tr></table></div>
 <div class="box"><h2>Streams</h2><table id="streams"></table></div>
-<h2>Prequential HR@10: live vs frozen bootstrap copy (<span id="predictions">0</span> predictions)</h2>
+<h2>Prequential HR@10: live vs frozen bootstrap copy and streaming baselines (<span id="predictions">0</span> predictions)</h2>
+<table id="systems"><tr><th>task</th><th>system</th><th>n</th><th>HR@10</th><th>NDCG@10</th></tr></table>
 <div class="charts"><img class="chart" id="chart-search" alt="search: prequential HR@10"><img class="chart" id="chart-rec" alt="rec: prequential HR@10"></div>
 <h2>Versions and gate decisions</h2>
-<table id="history"><tr><th>version</th><th>task</th><th>status</th><th>samples</th><th>reason</th></tr></table>
+<table id="history"><tr><th>version</th><th>task</th><th>status</th><th>gate</th><th>samples</th><th>reason</th></tr></table>
 <div class="box"><h2>Search</h2><form id="search-form"><input id="q" placeholder="a query, e.g. comedy"> <button>search</button></form>
 <ol id="search-results"></ol><div id="search-version"></div></div>
 <div class="box"><h2>Recommendations</h2><form id="rec-form"><input id="user" placeholder="user id"> <button>recommend</button></form>
@@ -136,7 +140,8 @@ async function refresh(){
   const s=await (await fetch('/api/state')).json();
   rows('serving',1,Object.entries(s.serving).map(([t,m])=>[t,m.version,m.idmap_version,Math.round(m.age_s)+' s']));
   rows('streams',0,[['consumer lag',s.streams.gensar_stream_consumer_lag ?? 'n/a'],['dead letters',s.streams.gensar_stream_dead_letters ?? 'n/a']]);
-  rows('history',1,s.history.slice().reverse().map(h=>[h.version,h.task,h.status,h.samples,h.reason]));
+  rows('history',1,s.history.slice().reverse().map(h=>[h.version,h.task,h.status,h.gate ?? '-',h.samples,h.reason]));
+  rows('systems',1,Object.entries(s.systems).flatMap(([t,sys])=>Object.entries(sys).map(([n,m])=>[t,n,m.n,m['HR@10'].toFixed(4),m['NDCG@10'].toFixed(4)])));
   document.getElementById('predictions').textContent=s.predictions;
   for(const task of ['search','rec']){const img=document.getElementById('chart-'+task);
     if(img.dataset.n!=String(s.predictions)){img.dataset.n=s.predictions;img.src='/charts/'+task+'.png?n='+s.predictions;}}

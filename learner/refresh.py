@@ -6,9 +6,12 @@
                     └─ newest holdout ─▶ evaluate candidate AND serving version ─▶ gate
 
 The held-out slice is the newest recent samples, so the gate asks what matters online:
-is the candidate at least as good as what serves now on what users are doing now?
-A candidate whose loss went non-finite, or that falls below the serving version by more
-than the margin on either task, is published as rejected with the reason, never promoted.
+is the candidate at least as good as what serves now on what users are doing now? It
+decides on evidence (`gate`): a paired bootstrap interval per task, no verdict on a task
+with too few cases, and a candidate it cannot tell apart from serving is promoted only when
+it is fresher and not worse. The comparison and the case that decided are in the version's
+manifest (`Manifest.gate`); a candidate whose loss went non-finite, or that the gate does
+not promote, is published as rejected with the reason.
 
 Identifier maps: with a map store, each refresh trains against the LATEST map version
 (the collaborative updater's, learner.collaborative), and the serving version is scored
@@ -31,12 +34,12 @@ import transformers
 
 from evaluation.baselines import BM25Search
 from evaluation.generative import GenerativeSystem
-from evaluation.metrics import expected_metrics, rank_counts
+from evaluation.metrics import expected_metrics, rank_counts, summarize as bootstrap
 from evaluation.protocols import Case, paper_candidates
 from gensar.events import ModelVersion, TrainingSample
 from identifiers.idmap import MapStore
 from learner.lora import NonFiniteLoss, merged, save_adapter, tune
-from learner.registry import Manifest, Registry, TrainingWindow
+from learner.registry import GateRecord, Manifest, Registry, TaskComparison, TrainingWindow
 from learner.settings import LearnerSettings
 from model.artifact import GenSARModel
 from model.tasks import Renderer
@@ -82,30 +85,79 @@ class GateCases:
             self.by_task[task] = (cases, paper_candidates(None, self.item_index, cases, bm25, seed, fit, touched).rows)
 
 
-def evaluate(gm: GenSARModel, renderer: Renderer, held_out: GateCases) -> dict[str, dict]:
-    """HR@10 / NDCG@10 per task, with n, among each case's candidates, ranked by the exact
-    log-likelihood of their identifiers (no beam can drop the true item)."""
+def evaluate(gm: GenSARModel, renderer: Renderer, held_out: GateCases) -> dict[str, dict[str, np.ndarray]]:
+    """Per task, per-case HR@10 / NDCG@10 among each case's candidates, ranked by the exact
+    log-likelihood of their identifiers (no beam can drop the true item). Per case, not
+    means: the gate pairs the candidate's and the serving version's answers case by case."""
     out = {}
     for task, (cases, candidates) in held_out.by_task.items():
         system = GenerativeSystem(f"gate-{task}", task, gm, renderer, held_out.item_index)
         scores = system.score(cases, candidates)
         per_case = expected_metrics(*rank_counts(scores, np.zeros(len(cases), np.int64)))  # column 0: the true item
-        out[task] = {"n": len(cases), **{m: float(per_case[m].mean()) for m in GATE_METRICS}}
+        out[task] = {m: per_case[m] for m in GATE_METRICS}
     return out
 
 
-def gate(candidate: dict[str, dict], serving: dict[str, dict], margin: float) -> tuple[bool, str]:
-    """Promote unless a gate metric of a task falls more than `margin` below serving."""
-    falls = [f"{task} {m} {candidate[task][m]:.4f} < serving {serving[task][m]:.4f} - {margin}"
-             for task in serving for m in GATE_METRICS
-             if task in candidate and candidate[task][m] < serving[task][m] - margin]
-    if not candidate:
-        return False, "no held-out sample could be scored"
-    if falls:
-        return False, "regressed: " + "; ".join(falls)
-    summary = ", ".join(f"{t} HR@10 {candidate[t]['HR@10']:.3f} (serving {serving.get(t, {}).get('HR@10', float('nan')):.3f})"
-                        for t in candidate)
-    return True, f"not worse than serving by more than {margin}: {summary}"
+def means(per_case: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """`evaluate`'s answer as the manifest's metrics: per task n and the mean of each metric."""
+    return {task: {"n": len(values[GATE_METRICS[0]]), **{m: float(values[m].mean()) for m in GATE_METRICS}}
+            for task, values in per_case.items()}
+
+
+def compare(candidate: dict[str, np.ndarray], serving: dict[str, np.ndarray], min_cases: int, margin: float,
+            seed: int) -> TaskComparison:
+    """One task: candidate minus serving per case, with a paired 95% bootstrap interval per
+    metric (both ranked the same cases, so cases are resampled once for both)."""
+    n = len(candidate[GATE_METRICS[0]])
+    if n < min_cases:
+        return TaskComparison(n=n, verdict="not decided")
+    difference, ci95 = bootstrap({m: candidate[m] - serving[m] for m in GATE_METRICS}, seed=seed, names=GATE_METRICS)
+    not_worse = all(ci95[m][1] >= 0 and difference[m] >= -margin for m in GATE_METRICS)
+    better = any(ci95[m][0] > 0 for m in GATE_METRICS)
+    verdict = ("better" if better else "indistinguishable") if not_worse else "worse"
+    return TaskComparison(n=n, verdict=verdict, difference=difference, ci95=ci95)
+
+
+def describe(task: str, c: TaskComparison, min_cases: int) -> str:
+    if c.verdict == "not decided":
+        return f"{task} not decided ({c.n} < {min_cases} cases)"
+    lo, hi = c.ci95["HR@10"]
+    return f"{task} {c.verdict}: HR@10 {c.difference['HR@10']:+.4f} [{lo:+.4f}, {hi:+.4f}] on {c.n} cases"
+
+
+def gate(candidate: dict[str, dict[str, np.ndarray]], serving: dict[str, dict[str, np.ndarray]], fresher: bool,
+         min_cases: int, margin: float, seed: int = 0) -> GateRecord:
+    """Decide on evidence. Per task (`compare`), with d = candidate minus serving per case
+    and [lo, hi] its paired bootstrap 95% interval, for each of HR@10 and NDCG@10:
+
+        not decided        fewer than `min_cases` cases: the task carries no evidence
+        worse              on some metric hi < 0 or mean(d) < -margin
+        better             not worse, and on some metric lo > 0
+        indistinguishable  neither ("not worse": hi >= 0 and mean(d) >= -margin on both)
+
+    Over the decided tasks: none decided -> not promoted ("not decided"); any worse ->
+    rejected ("worse", reason "regressed: ..."); any better -> promoted ("better"); all
+    indistinguishable -> promoted only if `fresher` ("fresher and not worse"), else
+    rejected ("not fresher"). Paired bootstrap, not McNemar: the per-case metrics are
+    expectations over tie orders (fractions, not hit/miss pairs), NDCG is graded, and the
+    interval it gives is in the metric's own units, which is what the manifest records."""
+    tasks = {t: compare(candidate[t], serving[t], min_cases, margin, seed) for t in candidate if t in serving}
+    decided = {t: c for t, c in tasks.items() if c.verdict != "not decided"}
+    verdicts = {c.verdict for c in decided.values()}
+    if not decided:
+        outcome, promote = "not decided", False
+    elif "worse" in verdicts:
+        outcome, promote = "worse", False
+    elif "better" in verdicts:
+        outcome, promote = "better", True
+    else:
+        outcome, promote = ("fresher and not worse", True) if fresher else ("not fresher", False)
+    lead = {"not decided": "not decided", "worse": "regressed", "better": "better than serving",
+            "fresher and not worse": "indistinguishable from serving, fresher and not worse",
+            "not fresher": "indistinguishable from serving and not fresher"}[outcome]
+    detail = "; ".join(describe(t, c, min_cases) for t, c in tasks.items()) or "no held-out sample could be scored"
+    return GateRecord(outcome=outcome, promote=promote, reason=f"{lead}: {detail}", min_cases=min_cases, margin=margin,
+                      fresher=fresher, tasks=tasks)
 
 
 # --- one refresh -------------------------------------------------------------------------------
@@ -165,7 +217,7 @@ class Refresher:
             parent_dir = self.registry.fetch(parent, Path(tmp) / "parent")[1] if parent else None
             serving = self.base if parent_dir is None else self._with(merged(self.base.model, parent_dir),
                                                                       serving_renderer.idmap)
-            adapter_dir, scores, report, rejected_for = Path(tmp) / "adapter", {}, None, None
+            adapter_dir, scores, report, verdict, failure = Path(tmp) / "adapter", {}, None, None, ""
             try:
                 adapted, report = tune(self.base.model, samples, self.base.vocab, train_settings,
                                        settings.lora, init_adapter=parent_dir)
@@ -174,24 +226,33 @@ class Refresher:
                 scores = {who: evaluate(gm, renderer, held_out)
                           for who, gm, renderer in (("candidate", candidate, self.renderer),
                                                     ("serving", serving, serving_renderer))}
+                verdict = gate(scores["candidate"], scores["serving"], self.fresher(window, parent),
+                               settings.gate_min_cases, settings.gate_margin, settings.seed)
             except NonFiniteLoss as exc:
-                rejected_for = f"non-finite loss: {exc}"
+                failure = f"non-finite loss: {exc}"
                 adapter_dir.mkdir()
-                (adapter_dir / "REJECTED").write_text(rejected_for)
+                (adapter_dir / "REJECTED").write_text(failure)
             manifest = Manifest(
                 version=version, parent=parent, task=self.task, base_model=self.base_name,
                 idmap_version=self.renderer.idmap.version, window=window,
-                metrics={f"{who}:{task}": values for who, per_task in scores.items() for task, values in per_task.items()},
+                metrics={f"{who}:{task}": values for who, per_task in scores.items()
+                         for task, values in means(per_task).items()}, gate=verdict,
                 libraries={"peft": peft.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
                 refresh_seconds=time.perf_counter() - started, train_loss=report.losses if report else [])
             self.registry.publish(adapter_dir, manifest)
-        if rejected_for is None:
-            promote, reason = gate(scores["candidate"], scores["serving"], settings.gate_margin)
-            if not promote:
-                rejected_for = reason
-        if rejected_for is not None:
-            return self.registry.reject(version, rejected_for)
-        return self.registry.promote(version, reason)
+        if verdict is None:
+            return self.registry.reject(version, failure)
+        if not verdict.promote:
+            return self.registry.reject(version, verdict.reason)
+        return self.registry.promote(version, verdict.reason)
+
+    def fresher(self, window: TrainingWindow, parent: str | None) -> bool:
+        """Did the candidate learn from newer events than the serving version? The base
+        model learned from the bootstrap only, before every streamed event."""
+        if window.last_event_time is None:
+            return False
+        served = self.registry.manifest(parent).window.last_event_time if parent else None
+        return served is None or window.last_event_time > served
 
     def _with(self, model, idmap) -> GenSARModel:
         """The base model's artifact with other weights, for the map they were trained on."""

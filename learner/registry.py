@@ -38,6 +38,31 @@ class TrainingWindow(BaseModel):
     replayed: int = Field(0, ge=0)  # of `samples`, drawn from the replay buffer
 
 
+class TaskComparison(BaseModel):
+    """The gate on one task: candidate minus serving over the same held-out cases."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(ge=0)  # held-out cases both versions ranked
+    verdict: Literal["better", "indistinguishable", "worse", "not decided"]
+    difference: dict[str, float] = {}  # metric -> mean per-case difference (empty when not decided)
+    ci95: dict[str, list[float]] = {}  # metric -> paired bootstrap 95% interval of that difference
+
+
+class GateRecord(BaseModel):
+    """What the gate saw and which of its cases decided (learner.refresh.gate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    outcome: Literal["better", "fresher and not worse", "worse", "not fresher", "not decided"]
+    promote: bool
+    reason: str
+    min_cases: int
+    margin: float
+    fresher: bool  # the candidate learned from newer events than the serving version
+    tasks: dict[str, TaskComparison]
+
+
 class Manifest(BaseModel):
     """What an adapter is: enough to load it, trust it and explain it."""
 
@@ -49,7 +74,8 @@ class Manifest(BaseModel):
     base_model: str  # fingerprint of the base model the adapter sits on
     idmap_version: str
     window: TrainingWindow
-    metrics: dict[str, dict[str, float]] = {}  # task -> metric -> value, from the gate
+    metrics: dict[str, dict[str, float]] = {}  # "candidate:<task>" / "serving:<task>" -> n and metric means
+    gate: GateRecord | None = None  # None: never gated (e.g. a non-finite loss)
     libraries: dict[str, str] = {}  # e.g. peft, transformers, torch versions
     refresh_seconds: float | None = None
     train_loss: list[float] = []  # mean loss per logging window of the refresh

@@ -20,6 +20,8 @@ from model.tasks import TaskMix, build_pools
 from model.train import TrainSettings, train
 from test_model import TINY, tiny_model, tiny_world
 
+MIN_CASES = 20  # the tiny world holds out 73 rec and 36 search samples: both tasks decide
+
 
 def stream_samples(events) -> list[TrainingSample]:
     """What the stream workers emit: each event with the user's history before it."""
@@ -50,7 +52,7 @@ def world():
 
 def refresher(base, renderer, tmp_path, **overrides) -> Refresher:
     defaults = dict(training=RefreshTraining(epochs=3, learning_rate=3e-3), gate_margin=0.05,
-                    holdout_fraction=0.3, device="cpu")
+                    gate_min_cases=MIN_CASES, holdout_fraction=0.3, device="cpu")
     settings = LearnerSettings(**{**defaults, **overrides})
     return Refresher(base, "tiny-base", renderer, Registry(LocalArtifactStore(tmp_path / "registry")), settings)
 
@@ -76,6 +78,11 @@ def test_refreshes_are_promoted_and_the_second_continues_the_first(world, tmp_pa
     manifest = r.registry.manifest("r0001")
     assert manifest.parent is None and manifest.base_model == "tiny-base" and manifest.idmap_version == "tiny1"
     assert {"candidate:rec", "candidate:search", "serving:rec", "serving:search"} <= set(manifest.metrics)
+    assert manifest.gate.promote and manifest.gate.reason == first.reason and manifest.gate.fresher
+    for task, comparison in manifest.gate.tasks.items():  # the paired interval is in the manifest
+        assert comparison.n == manifest.metrics[f"candidate:{task}"]["n"] >= MIN_CASES
+        lo, hi = comparison.ci95["HR@10"]
+        assert lo <= comparison.difference["HR@10"] <= hi
     assert manifest.window.samples > 0 and len(manifest.train_loss) > 1  # a loss per step (falling: test_learner_lora)
     assert all(np.isfinite(manifest.train_loss))
     second = r.run(fresh[::-1][: len(fresh) // 2][::-1], fresh[:50], "r0002")
@@ -96,20 +103,87 @@ def test_a_candidate_trained_on_shuffled_labels_is_rejected(world, tmp_path):
     assert r.registry.serving() is None
 
 
+def test_a_refresh_with_too_few_held_out_cases_is_not_decided_and_not_promoted(world, tmp_path):
+    base, renderer, fresh = world
+    r = refresher(base, renderer, tmp_path, gate_min_cases=500)
+    decision = r.run(fresh, [], "few1")
+    assert decision.status == "rejected" and decision.reason.startswith("not decided")
+    gate_record = r.registry.manifest("few1").gate
+    assert gate_record.outcome == "not decided" and not gate_record.promote
+    assert {c.verdict for c in gate_record.tasks.values()} == {"not decided"}
+    assert r.registry.serving() is None
+
+
 def test_a_non_finite_loss_is_rejected_and_recorded(world, tmp_path):
     base, renderer, fresh = world
     r = refresher(base, renderer, tmp_path, training=RefreshTraining(epochs=1, learning_rate=1e30))
     decision = r.run(fresh, [], "nan1")
     assert decision.status == "rejected" and "non-finite loss" in decision.reason
-    assert r.registry.status("nan1").status == "rejected"
+    assert r.registry.status("nan1").status == "rejected" and r.registry.manifest("nan1").gate is None
 
 
-def test_gate_rule():
-    serving = {"rec": {"HR@10": 0.5, "NDCG@10": 0.3}, "search": {"HR@10": 0.4, "NDCG@10": 0.2}}
-    assert gate({"rec": {"HR@10": 0.49, "NDCG@10": 0.31}, "search": {"HR@10": 0.5, "NDCG@10": 0.2}}, serving, 0.02)[0]
-    ok, reason = gate({"rec": {"HR@10": 0.7, "NDCG@10": 0.5}, "search": {"HR@10": 0.3, "NDCG@10": 0.2}}, serving, 0.02)
-    assert not ok and "search HR@10" in reason
-    assert not gate({}, serving, 0.02)[0]
+def per_case(hits: list[float]) -> dict[str, np.ndarray]:
+    """A task's per-case gate metrics (NDCG@10 here: half of each hit)."""
+    return {"HR@10": np.array(hits, float), "NDCG@10": 0.5 * np.array(hits, float)}
+
+
+def test_the_gate_does_not_decide_a_task_on_too_few_cases():
+    few = gate({"search": per_case([1.0] * 20)}, {"search": per_case([0.0] * 20)}, fresher=True, min_cases=100,
+               margin=0.02)
+    assert not few.promote and few.outcome == "not decided" and few.reason.startswith("not decided")
+    assert few.tasks["search"].verdict == "not decided" and few.tasks["search"].n == 20
+    # a decided task decides; the undecided one is named, never counted as a pass
+    rng = np.random.default_rng(0)
+    serving = (rng.random(300) < 0.3).astype(float)
+    mixed = gate({"rec": per_case(np.maximum(serving, rng.random(300) < 0.3)), "search": per_case([1.0] * 20)},
+                 {"rec": per_case(serving), "search": per_case([0.0] * 20)}, fresher=False, min_cases=100, margin=0.02)
+    assert mixed.promote and mixed.outcome == "better"
+    assert mixed.tasks["search"].verdict == "not decided" and "search not decided (20 < 100 cases)" in mixed.reason
+
+
+def test_the_gate_promotes_a_clearly_better_candidate_with_its_paired_interval():
+    rng = np.random.default_rng(1)
+    serving = (rng.random(400) < 0.3).astype(float)
+    candidate = np.maximum(serving, rng.random(400) < 0.2)  # never worse on a case, better on many
+    record = gate({"rec": per_case(candidate)}, {"rec": per_case(serving)}, fresher=False, min_cases=100, margin=0.02)
+    assert record.promote and record.outcome == "better" and record.reason.startswith("better than serving")
+    rec = record.tasks["rec"]
+    assert rec.verdict == "better" and rec.n == 400
+    lo, hi = rec.ci95["HR@10"]
+    assert 0 < lo <= rec.difference["HR@10"] <= hi
+    assert abs(rec.difference["HR@10"] - (candidate.mean() - serving.mean())) < 1e-12
+
+
+def test_an_indistinguishable_candidate_is_promoted_only_when_fresher():
+    rng = np.random.default_rng(2)
+    serving = (rng.random(300) < 0.4).astype(float)
+    candidate = serving.copy()  # as many cases gained as lost: no evidence either way
+    candidate[np.flatnonzero(serving == 1)[:20]] = 0.0
+    candidate[np.flatnonzero(serving == 0)[:20]] = 1.0
+    both = ({"rec": per_case(candidate)}, {"rec": per_case(serving)})
+    fresh = gate(*both, fresher=True, min_cases=100, margin=0.05)
+    assert fresh.tasks["rec"].verdict == "indistinguishable", fresh.tasks["rec"]
+    lo, hi = fresh.tasks["rec"].ci95["HR@10"]
+    assert lo <= 0 <= hi
+    assert fresh.promote and fresh.outcome == "fresher and not worse" and "fresher and not worse" in fresh.reason
+    stale = gate(*both, fresher=False, min_cases=100, margin=0.05)
+    assert not stale.promote and stale.outcome == "not fresher"
+
+
+def test_a_worse_candidate_is_rejected():
+    rng = np.random.default_rng(3)
+    serving = (rng.random(300) < 0.5).astype(float)
+    candidate = serving * (rng.random(300) < 0.7)  # loses about 30% of serving's hits
+    record = gate({"rec": per_case(candidate), "search": per_case([1.0] * 200)},
+                  {"rec": per_case(serving), "search": per_case([0.0] * 200)}, fresher=True, min_cases=100, margin=0.02)
+    assert not record.promote and record.outcome == "worse" and record.reason.startswith("regressed")
+    assert record.tasks["rec"].verdict == "worse" and record.tasks["rec"].ci95["HR@10"][1] < 0
+    assert record.tasks["search"].verdict == "better"  # one task's gain does not buy the other's loss
+    # "not worse" needs the mean within the margin too: a small sure loss beyond it is worse
+    nudged = gate({"rec": per_case(np.r_[np.zeros(10), np.ones(190)])}, {"rec": per_case(np.ones(200))},
+                  fresher=True, min_cases=100, margin=0.02)
+    assert nudged.outcome == "worse"
+    assert not gate({}, {"rec": per_case(serving)}, fresher=True, min_cases=1, margin=0.02).promote
 
 
 def test_the_gate_ranks_held_out_cases_among_paper_protocol_candidates(world):

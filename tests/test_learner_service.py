@@ -74,8 +74,9 @@ def produce(kafka, samples) -> None:
     producer.close()
 
 
+# gate_min_cases: a refresh here holds out a few dozen samples; the gate is tested in test_learner_refresh
 SETTINGS = LearnerSettings(refresh_every_samples=100, min_samples=50, refresh_every_seconds=3600, holdout_fraction=0.3,
-                           gate_margin=0.05, training=RefreshTraining(epochs=2, learning_rate=3e-3),
+                           gate_margin=0.05, gate_min_cases=10, training=RefreshTraining(epochs=2, learning_rate=3e-3),
                            device="cpu", metrics_port=0)
 
 
