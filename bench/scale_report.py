@@ -133,6 +133,22 @@ def markdown(results: dict) -> list[str]:
                   f"serving's bundle, both tasks with genre groups: {_mb(c['serving_bundle_bytes'])} MB).",
                   f"- First size that needs a disambiguation level with the default layout: "
                   f"{v['default_layout']['first_size_needing_disambiguation'] or 'none measured'}."]
+    lines += ["", "## Notes", "",
+              f"- Past {st['sinkhorn_chunk']:,} items the last-level Sinkhorn runs on random chunks of that many, each "
+              "balanced: one pass over the whole catalogue (what the bootstrap does) holds the (n, 256) distances and "
+              "their temporaries, ~0.85 GB per 100k items, ~8.5 GB at 1M. Training is bounded by the sample; "
+              "'default config, est.' is the measured step time x the default config's steps over every item.",
+              "- When a 3-code prefix holds more than 256 items, collisions.resolve appends a disambiguation level "
+              "to every id of that task (0 for the items that kept their code): ids become 5 levels, the model's "
+              "vocabulary one slot longer, decoding one step longer. A map without that level cannot take new items "
+              "under a full prefix (place_new raises CapacityError; the learner reports them unplaced).",
+              f"- Qdrant embedded (qdrant-client local mode) is an exact scan in Python/numpy with per-point Python "
+              f"objects, not an HNSW: it is measured up to --qdrant-max ({st['qdrant_max']:,}); at 1M it would take "
+              "~10x its 100k latency and memory. A Qdrant server (the Helm chart's) indexes with HNSW: not measured here.",
+              f"- faiss HNSW keeps efSearch {st['hnsw']['efSearch']} at every size, so its recall@30 (against exact "
+              "top 30) falls as the catalogue grows; holding recall needs a larger efSearch, which costs latency.",
+              "- Load from other work on this shared machine lands on single calls (the p99s); our decoding is "
+              "timed with the sizes interleaved round by round so that it falls on every size alike."]
     if results.get("charts"):
         lines += ["", "Charts: " + ", ".join(f"[{p}]({p})" for p in results["charts"])]
     return lines
