@@ -25,12 +25,12 @@ demo: install
 
 test: install
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # the demo's status-page test
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -X faulthandler -m pytest -m "not slow"  # -X faulthandler: a crash after the last test still prints its stack
 
 # Everything, including the slow tests (the demo's Ctrl-C-and-resume run, ~10 min).
 test-all: install
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	$(BIN)/python -m pytest
+	$(BIN)/python -X faulthandler -m pytest
 
 # Re-resolve the pinned environment after editing pyproject.toml.
 lock:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
-from bench import scale_decoding, scale_identifiers
+from bench import scale_decoding, scale_faiss, scale_identifiers
 from bench.output import RESULTS, write_results
 from bench.scale_catalogue import PeakRSS, rss_bytes, synthetic_catalogue
 from bench.scale_report import charts, markdown, verdicts
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace, out_dir: Path = RESULTS, log=print) -> dict:
         **{k: v for k, v in vars(args).items()}, "rqvae": config.model_dump(mode="json"),
         "torch_threads": args.threads, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "beam": scale_decoding.BEAM, "dense_k": scale_decoding.K, "history_events": scale_decoding.HISTORY,
-        "hnsw": {"M": scale_decoding.HNSW_M, "efConstruction": scale_decoding.HNSW_EF_CONSTRUCTION,
-                 "efSearch": scale_decoding.HNSW_EF_SEARCH}}, "sizes": []}
+        "hnsw": {"M": scale_faiss.HNSW_M, "efConstruction": scale_faiss.HNSW_EF_CONSTRUCTION,
+                 "efSearch": scale_faiss.HNSW_EF_SEARCH}}, "sizes": []}
     with threadpool_limits(limits=args.threads):  # numpy's BLAS (Qdrant's local scan) and OpenMP (faiss)
         decoders, slots = [], []  # slots: (size's results, key) each decoder's latency goes to
         for n in args.sizes:

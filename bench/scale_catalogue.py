@@ -142,3 +142,21 @@ class PeakRSS:
     @property
     def mib(self) -> float:
         return round((self.peak - self.start) / 2**20, 1)
+
+
+def percentiles(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "mean_ms": round(float(ms.mean()), 3), "calls": len(ms)}
+
+
+def timed_calls(calls: list, fn, warmup: int = 3) -> dict:
+    """Latency of fn(call) for each call (the first `warmup` also run untimed first)."""
+    for call in calls[:warmup]:
+        fn(call)
+    seconds = []
+    for call in calls:
+        started = time.perf_counter()
+        fn(call)
+        seconds.append(time.perf_counter() - started)
+    return percentiles(seconds)

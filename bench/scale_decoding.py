@@ -23,12 +23,15 @@ ours include the prefill of the request's history, which is its query encoding.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.scale_catalogue import GENRES, Catalogue, PeakRSS
+from bench import scale_faiss
+from bench.scale_catalogue import GENRES, Catalogue, PeakRSS, percentiles, timed_calls
 from identifiers.constraints import PrefixConstraint
 from identifiers.idmap import IdentifierMap
 from model.generate import beam_search
@@ -36,25 +39,6 @@ from model.modeling import ModelSettings, build_model
 from model.vocab import IdLayout, Vocabulary
 
 BEAM, K, HISTORY = 30, 30, 20
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
-
-
-def percentiles(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "mean_ms": round(float(ms.mean()), 3), "calls": len(ms)}
-
-
-def timed_calls(calls: list, fn, warmup: int = 3) -> dict:
-    """Latency of fn(call) for each call (the first `warmup` also run untimed first)."""
-    for call in calls[:warmup]:
-        fn(call)
-    seconds = []
-    for call in calls:
-        started = time.perf_counter()
-        fn(call)
-        seconds.append(time.perf_counter() - started)
-    return percentiles(seconds)
 
 
 def constraint_bytes(c: PrefixConstraint) -> int:
@@ -147,38 +131,13 @@ def dense_queries(cat: Catalogue, n: int, count: int, seed: int = 1) -> np.ndarr
     return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _latencies(search, q: np.ndarray, queries: int, batches: int) -> dict:
-    return {"batch1": timed_calls([q[i:i + 1] for i in range(queries)], search),
-            "batch16": timed_calls([q[i * 16:(i + 1) * 16] for i in range(batches)], search)}
-
-
 def measure_faiss(cat: Catalogue, n: int, queries: int, batches: int, threads: int) -> dict:
-    import faiss
-
-    faiss.omp_set_num_threads(threads)
-    x = np.ascontiguousarray(cat.semantic[:n])
+    """bench.scale_faiss.measure in a process of its own (why: there), on the first n items."""
     q = dense_queries(cat, n, max(queries, 16 * batches))
-    with PeakRSS() as mem:
-        started = time.perf_counter()
-        hnsw = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        hnsw.add(x)
-        build_s = time.perf_counter() - started
-    hnsw.hnsw.efSearch = HNSW_EF_SEARCH
-    graph = hnsw.hnsw
-    index_bytes = x.nbytes + graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
-    flat = faiss.IndexFlatIP(x.shape[1])
-    flat.add(x)
-    _, exact = flat.search(q[:64], K)
-    _, approx = hnsw.search(q[:64], K)
-    recall = np.mean([len(set(a) & set(e)) / K for a, e in zip(approx, exact)])
-    return {
-        "faiss-hnsw": {"build_s": round(build_s, 2), "index_bytes": int(index_bytes), "peak_rss_mib": mem.mib,
-                       "recall_at_30": round(float(recall), 3),
-                       **_latencies(lambda b: hnsw.search(b, K), q, queries, batches)},
-        "faiss-flat": {"build_s": 0.0, "index_bytes": int(x.nbytes), "recall_at_30": 1.0,
-                       **_latencies(lambda b: flat.search(b, K), q, queries, batches)},
-    }
+    with tempfile.TemporaryDirectory() as tmp:
+        vectors = str(Path(tmp) / "semantic.npy")
+        np.save(vectors, np.ascontiguousarray(cat.semantic[:n]))
+        return scale_faiss.isolated(scale_faiss.measure, vectors, q, K, queries, batches, threads)
 
 
 def measure_qdrant(cat: Catalogue, n: int, queries: int, batches: int) -> dict:

@@ -4,6 +4,8 @@ its figures are computed (not placeholders), and the verdicts and charts come ou
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,3 +84,9 @@ def test_verdicts_markdown_and_charts(results):
     json.dumps(res)  # what bench.output writes
     for name in res["charts"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_dense_peer_module_loads_no_torch():
+    # faiss and torch in one process crash (bench.scale_faiss); the peer runs spawned from it
+    code = "import sys, bench.scale_faiss; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

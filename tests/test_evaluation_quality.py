@@ -121,15 +121,15 @@ def test_a_tight_budget_still_yields_the_joint_model_on_a_tags_only_dataset(tmp_
                              rec_codes=tiny.rec_codes, n_shared=1, codebook_size=8)
 
     # Every model trains until its time is up (epochs never end it), and six models at their
-    # 25 s minimum need more than the whole 150 s: something must be skipped on any machine.
-    settings = QualitySettings(budget_minutes=2.5, beam_size=10, min_train_seconds=25, guess_build_seconds=1,
+    # 12 s minimum need more than the whole 75 s: something must be skipped on any machine.
+    settings = QualitySettings(budget_minutes=1.25, beam_size=10, min_train_seconds=12, guess_build_seconds=1,
                                guess_prepare_seconds=10, max_cases=150, model=TINY_MODEL, render=TINY_RENDER,
                                train=TrainSettings(epochs=1e6))
     report = run_quality(tmp_path / "synth", settings, Layout.under(tmp_path / "state", tmp_path / "cache"), log=lambda _: None,
                          build_ids=build_ids)
     skipped_only_after_the_headline(report)
     assert report["skipped"], "the budget was meant to be too small for every job"
-    assert report["timings"]["total"] < 2.5 * 60 + 45
+    assert report["timings"]["total"] < settings.budget_minutes * 60 + 45
     cases = report["dataset"]["cases"]
     assert report["dataset"]["cases_before_cap"]["loo/real"] > report["dataset"]["cases_before_cap"]["loo"]
     assert all(n <= 150 for n in cases.values()) and report["dataset"]["max_cases"] == 150
