@@ -11,9 +11,9 @@ from gensar.artifacts import write_file
 RESULTS = Path(__file__).parent / "results"
 
 
-def write_results(name: str, result: dict, markdown: str | list[str]) -> None:
-    """Write `RESULTS/<name>.json` (the result) and `RESULTS/<name>.md` (the markdown, lines
-    joined with newlines, ending in exactly one)."""
+def write_results(name: str, result: dict, markdown: str | list[str], out_dir: Path = RESULTS) -> None:
+    """Write `<out_dir>/<name>.json` (the result) and `<out_dir>/<name>.md` (the markdown, lines
+    joined with newlines, ending in exactly one). out_dir: RESULTS, or a test's folder."""
     text = markdown if isinstance(markdown, str) else "\n".join(markdown)
-    write_file(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
-    write_file(RESULTS / f"{name}.md", text.rstrip("\n") + "\n")
+    write_file(out_dir / f"{name}.json", json.dumps(result, indent=1) + "\n")
+    write_file(out_dir / f"{name}.md", text.rstrip("\n") + "\n")

@@ -41,12 +41,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.output import write_results
 from gensar.layout import Layout
 from infra.ports import free_port
+
+if TYPE_CHECKING:  # the load driver's process imports this module: keep it light
+    from identifiers.idmap import IdentifierMap
 
 
 # --- the load driver (runs in its own process) --------------------------------------------
@@ -108,14 +112,31 @@ def drive(url: str, path: str, bodies: list[dict], seconds: float, clients: int,
 def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]]:
     """State directory with a base model, its map and `adapters` published adapter versions
     (a0 promoted); request bodies for search and rec."""
-    import torch
-
     from bench.decoding_latency import random_map
     from evaluation.protocols import cases
     from gensar.data import leave_one_out, load, target_item
     from gensar.settings import BUNDLED_DATA
-    from identifiers.idmap import MapStore
     from identifiers.semantic import item_texts
+
+    ds = load(BUNDLED_DATA)
+    split = leave_one_out(ds)
+    idmap = random_map(tuple(ds.items))
+    texts = item_texts(ds, split.train)
+    publish_world(root, idmap, [*texts.values(), *(e.query for e in ds.searches)], adapters)
+    test = cases(ds, split)
+    rec = [{"user_id": c.user_id, "k": 10, "history": [target_item(e) for e in c.history][-50:]}
+           for c in test if c.task == "rec"]
+    search = [{"query": c.query[:200], "k": 10} for c in test if c.task == "search"]
+    overrides = {"catalogue": str(BUNDLED_DATA), "poll_s": 0.5, "follow_items": False,
+                 "streams_url": "http://127.0.0.1:9"}  # no stream workers: bodies carry history
+    return overrides, search, rec
+
+
+def publish_world(root: Path, idmap: IdentifierMap, corpus: list[str], adapters: int) -> None:
+    """Into the state directory `root`: `idmap`, the base model "bench" (default architecture,
+    random weights, a vocabulary of the word pieces `corpus` uses) and `adapters` published
+    LoRA versions a0, a1, ... (a0 promoted)."""
+    from identifiers.idmap import MapStore
     from learner.lora import attach, save_adapter
     from learner.settings import LoraSettings
     from learner.registry import LocalArtifactStore, Manifest, Registry, TrainingWindow
@@ -125,12 +146,7 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
     from model.tasks import RenderSettings
     from model.vocab import IdLayout, Vocabulary
 
-    torch.manual_seed(0)
-    ds = load(BUNDLED_DATA)
-    split = leave_one_out(ds)
-    idmap = random_map(tuple(ds.items))
-    texts = item_texts(ds, split.train)
-    vocab = Vocabulary.for_corpus(IdLayout.of(idmap), [*texts.values(), *(e.query for e in ds.searches)])
+    vocab = Vocabulary.for_corpus(IdLayout.of(idmap), corpus)
     model = build_model(ModelSettings(), vocab, seed=0).eval()
     MapStore(Layout.under(root).identifier_maps).save(idmap)
     prior = HistoryPrior(weights={"search": (16.0, -8.0), "rec": (4.0, -2.0)})  # the bundled quality run's joint model's
@@ -142,13 +158,20 @@ def build_world(root: Path, adapters: int) -> tuple[dict, list[dict], list[dict]
         registry.publish(directory, Manifest(version=f"a{i}", base_model="bench", idmap_version=idmap.version,
                                              window=TrainingWindow(samples=0)))
     registry.promote("a0")
-    test = cases(ds, split)
-    rec = [{"user_id": c.user_id, "k": 10, "history": [target_item(e) for e in c.history][-50:]}
-           for c in test if c.task == "rec"]
-    search = [{"query": c.query[:200], "k": 10} for c in test if c.task == "search"]
-    overrides = {"catalogue": str(BUNDLED_DATA), "poll_s": 0.5, "follow_items": False,
-                 "streams_url": "http://127.0.0.1:9"}  # no stream workers: bodies carry history
-    return overrides, search, rec
+
+
+def start_serve(num_cpus: int = 2) -> str:
+    """A local Ray cluster (token auth off on loopback) and Serve's proxy on a free loopback
+    port; -> the proxy's URL."""
+    os.environ.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"})
+    from ray import serve
+
+    from infra.ray_local import ensure_ray
+
+    ensure_ray(num_cpus=num_cpus)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -439,19 +462,14 @@ def main() -> None:
     bodies = {"/search": root / "search.json", "/recommend": root / "rec.json"}
     bodies["/search"].write_text(json.dumps(search))
     bodies["/recommend"].write_text(json.dumps(rec))
-    os.environ.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"})
+    url = start_serve()
     import httpx
     import ray
     from ray import serve
 
-    from infra.ray_local import ensure_ray
     from learner.registry import LocalArtifactStore, Registry
     from serving.app import build
 
-    ensure_ray(num_cpus=2)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
     registry = Registry(LocalArtifactStore(Layout.under(root).registry))
     next_adapter = 1
     results: dict = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k not in ("drive", "path", "bodies")},
@@ -519,19 +537,15 @@ def fault_rows(url: str) -> dict:
 def fault_rows_only() -> None:
     """Measure the fault rows and merge them into bench/results/serving_load.json (and its
     markdown), leaving every other row as it was measured."""
-    os.environ.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"})
     import ray
     from ray import serve
 
     from bench.output import RESULTS
-    from infra.ray_local import ensure_ray
 
     results = json.loads((RESULTS / "serving_load.json").read_text())
-    ensure_ray(num_cpus=2)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_serve()
     try:
-        results["faults"] = fault_rows(f"http://127.0.0.1:{port}")
+        results["faults"] = fault_rows(url)
     finally:
         serve.shutdown()
         ray.shutdown()
