@@ -114,9 +114,11 @@ def fit_prior(system: GenerativeSystem, cases: Sequence[Case], candidates: np.nd
 def fit_model_prior(gm: GenSARModel, renderer: Renderer, ds, split, max_cases: int = 200, seed: int = 0,
                     beam_size: int = 30) -> tuple[HistoryPrior, dict]:
     """The history prior of a trained model, fitted per task on (at most `max_cases` per
-    task of) the split's validation events; the model must not have trained on them."""
+    task of) the split's validation events; the model must not have trained on them. A task
+    whose cases cannot get the paper protocol's negatives (a catalogue of a few hundred items
+    or less) keeps no prior, reports[task]["not fitted"] says why: the model serves without it."""
     from evaluation.baselines import BM25Search
-    from evaluation.protocols import cases, paper_candidates
+    from evaluation.protocols import TooFewNegatives, cases, paper_candidates
     from identifiers.semantic import item_texts
 
     index = {item: i for i, item in enumerate(ds.items)}
@@ -129,7 +131,11 @@ def fit_model_prior(gm: GenSARModel, renderer: Renderer, ds, split, max_cases: i
         if not held:
             continue
         held = [held[i] for i in sorted(rng.permutation(len(held))[:max_cases])]
-        candidates = paper_candidates(ds, index, held, bm25, seed=seed).rows
+        try:
+            candidates = paper_candidates(ds, index, held, bm25, seed=seed).rows
+        except TooFewNegatives as e:
+            reports[task] = {"not fitted": str(e)}
+            continue
         system = GenerativeSystem("prior", task, gm, renderer, index, beam_size=beam_size)
         weights[task], reports[task] = fit_prior(system, held, candidates)
     return HistoryPrior(weights=weights), reports

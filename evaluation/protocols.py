@@ -113,8 +113,14 @@ def paper_candidates(ds: Dataset | None, item_index: dict[str, int], case_list: 
     return Candidates(rows, filled)
 
 
+class TooFewNegatives(ValueError):
+    """The catalogue is too small for a case's negatives: fewer items than `k` are left
+    once the target and the user's own items are excluded."""
+
+
 def _random_excluding(rng: np.random.Generator, n: int, exclude: set[int], k: int) -> np.ndarray:
     pool = np.setdiff1d(np.arange(n), np.fromiter(exclude, np.int64, len(exclude)))
     if len(pool) < k:
-        raise ValueError(f"only {len(pool)} items are eligible negatives, {k} needed")
+        raise TooFewNegatives(f"only {len(pool)} of the catalogue's {n} items are eligible negatives for a case, "
+                              f"{k} needed")
     return rng.choice(pool, size=k, replace=False) if k else np.zeros(0, np.int64)

@@ -64,7 +64,10 @@ def ensure_base_model(ds: Dataset, events: Sequence[UserEvent], idmap: Identifie
     log(f"base model {name}: {report.identifiers:,} identifier targets in {report.seconds:.0f}s, "
         f"loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f}")
     if fit_prior:
-        gm.prior, _ = fit_model_prior(gm, renderer, ds, split, prior_cases)
+        gm.prior, reports = fit_model_prior(gm, renderer, ds, split, prior_cases)
         log(f"history prior on {len(split.valid):,} held-out events: {gm.prior.weights}")
+        for task, report in reports.items():
+            if "not fitted" in report:
+                log(f"history prior for {task} not fitted, the model serves without it: {report['not fitted']}")
     gm.save(target)
     return target

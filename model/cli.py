@@ -57,7 +57,10 @@ def train_command(
     train_settings = TrainSettings(epochs=epochs, max_minutes=minutes, device=device, seed=seed, checkpoint_every=200)
     gm, renderer, report = train_gensar(ds, chosen.train, ids, ModelSettings(backbone=backbone, pretrained_path=pretrained_path),
                                         TaskMix(), train_settings, checkpoint_dir=out.with_name(out.name + ".ckpt"), seed=seed)
-    gm.prior, _ = fit_model_prior(gm, renderer, ds, chosen, seed=seed)  # on the split's validation events
+    gm.prior, reports = fit_model_prior(gm, renderer, ds, chosen, seed=seed)  # on the split's validation events
+    for task, prior in reports.items():
+        if "not fitted" in prior:
+            console.print(f"history prior for {task} not fitted, the model serves without it: {prior['not fitted']}")
     gm.save(out)
     console.print(f"saved {out} (identifier map {ids.version}); {gm.info['parameters']:,} parameters; "
                   f"{report.identifiers:,} identifier targets in {report.seconds:.0f}s on {report.device} "

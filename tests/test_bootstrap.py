@@ -55,3 +55,16 @@ def test_wait_fails_on_an_empty_store_and_the_learner_names_the_missing_base(sto
     assert learner.exit_code == 2
     assert "expected exactly one base model" in learner.output.replace("\n", " ")
     assert "gensar bootstrap" in learner.output.replace("\n", " ")
+
+
+def test_a_catalogue_too_small_for_the_priors_negatives_is_bootstrapped_without_the_prior(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic(data, items=90, users=20, events=600, ratings=True)  # < 99 negatives for any case
+    env = {"GENSAR_STATE_DIR": str(tmp_path / "state"), "GENSAR_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+           "GENSAR_DATA_DIR": str(data)}
+    done = runner.invoke(app, ["bootstrap", *QUICK], env=env)
+    assert done.exit_code == 0, done.output
+    said = " ".join(done.output.split())
+    assert "history prior for rec not fitted" in said and "eligible negatives" in said
+    model = GenSARModel.load(Layout(tmp_path / "state", tmp_path / "artifacts", Layout.of().cache).base_model("base"))
+    assert "rec" not in model.prior.weights and model.prior.of("rec") == (0.0, 0.0)
