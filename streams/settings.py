@@ -30,8 +30,10 @@ class StreamSettings(StrictSettings):
     # become visible to read_committed consumers at a commit, so this bounds latency.
     commit_interval_s: float = Field(0.5, gt=0, le=60)
     # A worker that dies without leaving the group (SIGKILL, a lost node) holds its
-    # partitions this long before the group hands them on.
-    session_timeout_s: float = Field(10.0, ge=3, le=300)
+    # partitions this long before the group hands them on. At least the broker's default
+    # group.min.session.timeout.ms (6 s): below it the broker refuses the join, and the
+    # worker would wait forever instead of exiting.
+    session_timeout_s: float = Field(10.0, ge=6, le=300)
     # "rocksdb://" (persistent, via rocksdict) or "memory://" (tests of logic only).
     store: str = "rocksdb://"
     worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # one table store per worker (Layout.stream_store)

@@ -49,3 +49,11 @@ def test_every_part_settings_class_is_strict_and_registered():
     assert sorted(c.model_config["env_prefix"] for c in classes) == sorted(PART_PREFIXES)
     with pytest.raises(TypeError, match="PART_PREFIXES"):
         type("Stray", (StrictSettings,), {"model_config": {"env_prefix": "GENSAR_STRAY__"}, "__module__": __name__})
+
+
+def test_a_session_timeout_the_broker_would_refuse_is_refused_at_start(monkeypatch):
+    monkeypatch.setenv("GENSAR_STREAMS__SESSION_TIMEOUT_S", "5")  # Kafka's default minimum is 6 s
+    with pytest.raises(ValueError, match="session_timeout_s"):
+        StreamSettings()
+    monkeypatch.setenv("GENSAR_STREAMS__SESSION_TIMEOUT_S", "6")
+    assert StreamSettings().session_timeout_s == 6
