@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from gensar.artifacts import write_file
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def write_png(fig, path: Path) -> None:
+    """A matplotlib Figure as a PNG at `path`, written atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_file(path, buffer.getvalue())
 
 
 def write_results(name: str, result: dict, markdown: str | list[str], out_dir: Path = RESULTS) -> None:

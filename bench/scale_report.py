@@ -5,12 +5,11 @@ Charts use matplotlib's Figure directly (no pyplot: no global state, no display)
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from gensar.artifacts import write_file
+from bench.output import write_png
 
 LATENCY_LIMIT = 1.5  # decoding at the largest size / at the smallest, same beam and batch
 CONSTRAINT_LIMIT_BYTES = 200 * 10**6  # 200 MB for the largest catalogue's constraint
@@ -154,12 +153,6 @@ def markdown(results: dict) -> list[str]:
     return lines
 
 
-def _png(fig: Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_file(path, buffer.getvalue())
-
-
 def charts(sizes: list[dict], out_dir: Path, name: str = "scale") -> list[str]:
     """<name>_latency.png (ours and the peers, batch 1 and 16) and <name>_cost.png
     (memory, build time, prefix load); returns the file names."""
@@ -187,7 +180,7 @@ def charts(sizes: list[dict], out_dir: Path, name: str = "scale") -> list[str]:
         if panel == 0:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    _png(fig, out_dir / f"{name}_latency.png")
+    write_png(fig, out_dir / f"{name}_latency.png")
 
     fig = Figure(figsize=(13, 4.2))
     ax = fig.add_subplot(1, 3, 1)
@@ -217,5 +210,5 @@ def charts(sizes: list[dict], out_dir: Path, name: str = "scale") -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel="catalogue items", ylabel="items", title="last-level load (before resolution)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _png(fig, out_dir / f"{name}_cost.png")
+    write_png(fig, out_dir / f"{name}_cost.png")
     return [f"{name}_latency.png", f"{name}_cost.png"]

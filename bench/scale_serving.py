@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import resource
 import shutil
@@ -46,11 +45,10 @@ from matplotlib.figure import Figure
 
 from bench import scale_faiss
 from bench.decoding_latency import random_map
-from bench.output import RESULTS, write_results
-from bench.scale_catalogue import TOPICS, Catalogue, synthetic_catalogue
+from bench.output import RESULTS, write_png, write_results
+from bench.scale_catalogue import TOPICS, Catalogue, cpu_s, synthetic_catalogue
 from bench.scale_decoding import dense_queries
 from bench.serving_load import drive, per_replica, publish_world, start_serve, summarise
-from gensar.artifacts import write_file
 from gensar.layout import Layout
 from gensar.machine import machine
 
@@ -166,11 +164,6 @@ def machine_busy_s() -> float:
     return t.user + t.nice + t.system + t.irq + t.softirq
 
 
-def cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far."""
-    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
-
-
 def proxy_pids() -> list[int]:
     """Serve's HTTP proxy among this process's descendants (Ray's workers are its raylet's
     children), so no other session's Ray on the machine is counted."""
@@ -276,7 +269,7 @@ def scaling(rows: list[dict]) -> None:
     replica's), and the answers/s N replicas would give on N dedicated cores if an answer cost
     the CPU it cost one replica alone (its answers per replica CPU-second, times N)."""
     for row in rows:
-        one = next((r for r in rows if r["series"] == row["series"] and r["replicas"] == 1), None)
+        one = _row(rows, row["series"], 1)
         row["efficiency"] = round(row["throughput_rps"] / (row["replicas"] * one["throughput_rps"]), 2) if one else None
         row["implied_dedicated_rps"] = (round(row["replicas"] * one["answers_per_replica_cpu_s"], 1)
                                         if one and one["answers_per_replica_cpu_s"] else None)
@@ -412,9 +405,7 @@ def chart(rows: list[dict], out_dir: Path, name: str, clients: int) -> str | Non
         ax.grid(True, which="both", alpha=0.3)
     rate.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_file(out_dir / f"{name}.png", buffer.getvalue())
+    write_png(fig, out_dir / f"{name}.png")
     return f"{name}.png"
 
 

@@ -19,7 +19,6 @@ cluster_estimates). Writes bench/results/scale_streams.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
@@ -29,14 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from matplotlib.figure import Figure
 
-from bench.output import RESULTS, write_results
+from bench.output import RESULTS, write_png, write_results
+from bench.scale_catalogue import cpu_s
 from bench.streams_throughput import bare_consume, latencies, percentile
-from gensar.artifacts import write_file
 from gensar.data import load
 from gensar.machine import machine
 from gensar.replay import replay, replay_order
@@ -93,11 +91,6 @@ class Sample:
     lag: int
 
 
-def cpu_s(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
 def drain(workers: list[WorkerProcess], group_lag: GroupLag, broker_pid: int, started: float) -> list[Sample]:
     """Sample the workers until the group's lag is 0."""
     samples: list[Sample] = []
@@ -108,7 +101,7 @@ def drain(workers: list[WorkerProcess], group_lag: GroupLag, broker_pid: int, st
         if time.monotonic() - started > DRAIN_TIMEOUT_S:
             raise TimeoutError(f"lag {samples[-1].lag} after {DRAIN_TIMEOUT_S} s")
         samples.append(Sample(time.monotonic() - started, tuple(w.processed() for w in workers),
-                              tuple(cpu_s(w.process.pid) for w in workers), cpu_s(broker_pid), group_lag()))
+                              tuple(cpu_s([w.process.pid]) for w in workers), cpu_s([broker_pid]), group_lag()))
         time.sleep(SAMPLE_S)
     return samples
 
@@ -255,9 +248,7 @@ def chart(cells: list[dict], path: Path) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_file(path, buffer.getvalue())
+    write_png(fig, path)
 
 
 def run(args: argparse.Namespace, broker: KafkaBroker, log=print) -> dict:
