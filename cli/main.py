@@ -171,13 +171,14 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="A small slice, short budgets: the whole loop in about 3 minutes."),
     reset: bool = typer.Option(False, "--reset", help="Start over: delete the demo's state directory first."),
     state_dir: Optional[Path] = typer.Option(None, help="Where the demo keeps everything; default <state_dir>/demo (or demo-quick)."),
+    seed: int = typer.Option(0, help="The identifiers', the base model's and the learner's random draws."),
 ) -> None:
     """The main job: bootstrap on the first part of the data, then replay the rest as a live
     stream while the system learns online and serves; prequential live vs frozen evaluation,
     a report at the end. A second run resumes from the state directory."""
     from demo.cli import main
 
-    raise typer.Exit(main(data, quick, reset, state_dir))
+    raise typer.Exit(main(data, quick, reset, state_dir, seed))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def ensure_identifiers(world: World, layout: Layout, settings: DemoSettings, log
     from identifiers.rqvae import RQVAEConfig
     from learner.bootstrap import ensure_identifiers as ensure
 
-    config = BuildConfig(rqvae=RQVAEConfig(epochs=settings.rqvae_epochs,
+    config = BuildConfig(rqvae=RQVAEConfig(epochs=settings.rqvae_epochs, seed=settings.seed,
                                            warmup_epochs=min(10, settings.rqvae_epochs // 2)))
     return ensure(world.ds, world.bootstrap, layout, config, settings.qdrant, log)
 
@@ -91,6 +91,7 @@ def ensure_base_model(world: World, idmap: IdentifierMap, layout: Layout, settin
     from learner.bootstrap import ensure_base_model as ensure
     from model.train import TrainSettings
 
-    train = TrainSettings(epochs=settings.train_epochs, max_minutes=settings.train_minutes, checkpoint_every=200)
+    train = TrainSettings(epochs=settings.train_epochs, max_minutes=settings.train_minutes, checkpoint_every=200,
+                          seed=settings.seed)
     return ensure(world.ds, world.bootstrap, idmap, layout, BASE_NAME, train, settings.prior_fraction,
                   settings.prior_cases, log)

@@ -9,10 +9,10 @@ from rich.console import Console
 console = Console()
 
 
-def main(data: Path | None, quick: bool, reset: bool, state_dir: Path | None) -> int:
+def main(data: Path | None, quick: bool, reset: bool, state_dir: Path | None, seed: int = 0) -> int:
     from gensar.settings import Settings
     from demo.report import summary_table
-    from demo.run import reset_state, run_demo
+    from demo.run import StateMismatch, reset_state, run_demo
     from demo.settings import FULL, QUICK
 
     settings = Settings()
@@ -20,7 +20,12 @@ def main(data: Path | None, quick: bool, reset: bool, state_dir: Path | None) ->
     if reset:
         reset_state(root)
         console.print(f"state reset: {root}")
-    summary = run_demo((data or settings.data_dir).resolve(), root, QUICK if quick else FULL, log=console.print)
+    profile = (QUICK if quick else FULL).model_copy(update={"seed": seed})
+    try:
+        summary = run_demo((data or settings.data_dir).resolve(), root, profile, log=console.print)
+    except StateMismatch as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     console.print(summary_table(summary))
     console.print(f"report: {root / 'demo' / 'report' / 'report.md'}")
     return 0 if summary.served_adapters else 1

@@ -1,6 +1,8 @@
 """Prequential HR@10 over the replay as PNG line charts, one line per system (live, frozen,
-each streaming baseline; matplotlib, headless Agg backend): the status page serves them at
-/charts/{task}.png and the report writes them next to report.md."""
+each streaming baseline), with every refresh the learner decided as a vertical line
+(promoted: green, solid; rejected or not decided: grey, dotted); matplotlib, headless Agg
+backend. The status page serves them at /charts/{task}.png and the report writes them next
+to report.md."""
 
 from __future__ import annotations
 
@@ -24,9 +26,22 @@ def rolling(values: list[float], window: int) -> list[float]:
     return out
 
 
-def prequential_charts(records, window: int = 50) -> dict[str, bytes]:
+def mark_decisions(ax, decided: list[tuple[float, str]], t0: float) -> None:
+    """One vertical line per decided refresh at its wall time (the learner's task adapters
+    share one timeline), labelled once per kind for the legend."""
+    labelled = set()
+    for at, status in sorted(decided):
+        kind = "promoted" if status == "promoted" else "rejected"
+        style = {"color": "#2ca02c", "linewidth": 0.8, "alpha": 0.7} if kind == "promoted" else \
+            {"color": "#7f7f7f", "linestyle": ":", "linewidth": 0.8}
+        ax.axvline(at - t0, label=f"refresh {kind}" if kind not in labelled else None, **style)
+        labelled.add(kind)
+
+
+def prequential_charts(records, window: int = 50, decided: list[tuple[float, str]] = ()) -> dict[str, bytes]:
     """task -> PNG of rolling HR@10 against wall time since the first prediction, per system
-    (a baseline over the predictions it answered)."""
+    (a baseline over the predictions it answered); `decided`: (wall time, registry status)
+    of each refresh decision, drawn where it falls inside the replay."""
     charts = {}
     t0 = records[0].at if records else 0.0
     for task in ("search", "rec"):
@@ -39,6 +54,7 @@ def prequential_charts(records, window: int = 50) -> dict[str, bytes]:
             style = STYLES.get(name) or {"color": BASELINE_COLORS[(i - 2) % len(BASELINE_COLORS)], "linestyle": ":",
                                          "linewidth": 1.1}
             ax.plot([t for t, _ in answered], rolling([h for _, h in answered], window), label=name, **style)
+        mark_decisions(ax, [(at, status) for at, status in decided if times and t0 <= at <= rows[-1].at], t0)
         ax.set_title(f"{task}: prequential HR@10 (rolling {window}, {len(rows)} predictions)", fontsize=10)
         ax.set_xlabel("wall time (s)", fontsize=9)
         ax.set_ylim(bottom=0)

@@ -23,12 +23,14 @@ import numpy as np
 from evaluation.metrics import expected_metrics, summarize as bootstrap
 from gensar.data import UserEvent, target_item
 from gensar.layout import Layout
-from serving.engine import Engine, Query, item_history
+from serving.engine import Engine, Query, request_history
+from serving.schemas import Searched
 
 from demo.baselines import Baselines
 
 K = 10
-HISTORY = 50  # items per request: the stream workers' default history length
+HISTORY = 50  # events per request: the stream workers' default history length
+QUERY_CHARS = 500  # within the API's query limit
 
 
 def rank_metrics(ranked: list[str], target: str) -> tuple[float, float]:
@@ -51,6 +53,7 @@ class Record:
     frozen_hit: float
     frozen_ndcg: float
     baselines: dict[str, list[float]] = field(default_factory=dict)  # baseline -> [hit@10, NDCG@10]
+    new_item: bool = False  # the target is an item first seen in the stream (no bootstrap event has it)
 
     def metrics(self, system: str) -> tuple[float, float] | None:
         """(hit@10, NDCG@10) of "live", "frozen" or a baseline; None if it did not answer."""
@@ -60,20 +63,30 @@ class Record:
         return tuple(found) if found is not None else None
 
 
+HistoryItem = str | dict  # an interaction's item id, or a search's {"item_id", "query"} (serving.schemas.History)
+
+
 class Histories:
-    """Every user's interacted items so far, oldest first (what both predictors are given)."""
+    """Every user's events so far, oldest first, as the stream workers keep them (a search
+    as its query and first clicked item: streams.state.merged_history): what the models are
+    given. The baselines read the interactions (`items_of`)."""
 
     def __init__(self, events: list[UserEvent] = ()):
-        self.items: dict[str, list[str]] = defaultdict(list)
+        self.entries: dict[str, list[HistoryItem]] = defaultdict(list)
         for e in events:
             self.add(e)
 
     def add(self, event: UserEvent) -> None:
         if event.type == "interaction":
-            self.items[event.user_id].append(event.item_id)
+            self.entries[event.user_id].append(event.item_id)
+        elif event.clicked_items:
+            self.entries[event.user_id].append({"item_id": event.clicked_items[0], "query": event.query[:QUERY_CHARS]})
 
-    def of(self, user_id: str) -> list[str]:
-        return self.items.get(user_id, [])[-HISTORY:]
+    def of(self, user_id: str) -> list[HistoryItem]:
+        return self.entries.get(user_id, [])[-HISTORY:]
+
+    def items_of(self, user_id: str) -> list[str]:
+        return [e for e in self.entries.get(user_id, []) if isinstance(e, str)][-HISTORY:]
 
 
 def frozen_engine(layout: Layout, data_dir: Path, base_name: str) -> Engine:
@@ -106,40 +119,47 @@ class Evaluator:
         self.records: list[Record] = [Record(**json.loads(line)) for line in path.read_text().splitlines()] \
             if path.exists() else []
 
-    def ask_live(self, event: UserEvent, history: list[str]) -> dict:
+    def ask_live(self, event: UserEvent, history: list[HistoryItem]) -> dict:
         if event.type == "search":
-            answer = self.client.post("/search", json={"query": event.query[:500], "k": K})
+            body = {"query": event.query[:QUERY_CHARS], "user_id": event.user_id, "k": K, "history": history}
+            answer = self.client.post("/search", json=body)
         else:
             answer = self.client.post("/recommend", json={"user_id": event.user_id, "k": K, "history": history})
         answer.raise_for_status()
         return answer.json()
 
-    def ask_frozen(self, asked: list[tuple[UserEvent, list[str]]]) -> list[list[str]]:
-        searches = [i for i, (e, _) in enumerate(asked) if e.type == "search"]
-        recs = [i for i, (e, _) in enumerate(asked) if e.type != "search"]
+    def ask_frozen(self, asked: list[tuple[UserEvent, list[HistoryItem]]]) -> list[list[str]]:
+        def query(event: UserEvent, history: list[HistoryItem]) -> Query:
+            entries = request_history(e if isinstance(e, str) else Searched(**e) for e in history)
+            if event.type == "search":
+                return Query("search", K, history=entries, query=event.query[:QUERY_CHARS])
+            return Query("rec", K, history=entries,
+                         search_history=tuple(h.query for h in entries if h.query is not None))
+
         ranked: list[list[str]] = [[] for _ in asked]
-        if searches:
-            answers = self.frozen.search([Query("search", K, query=asked[i][0].query[:500]) for i in searches])
-            for i, answer in zip(searches, answers):
-                ranked[i] = [item.id for item in answer.items]
-        if recs:
-            answers = self.frozen.recommend([Query("rec", K, history=item_history(asked[i][1])) for i in recs])
-            for i, answer in zip(recs, answers):
-                ranked[i] = [item.id for item in answer.items]
+        for task, decode in (("search", self.frozen.search), ("rec", self.frozen.recommend)):
+            rows = [i for i, (e, _) in enumerate(asked) if (e.type == "search") == (task == "search")]
+            if rows:
+                for i, answer in zip(rows, decode([query(*asked[i]) for i in rows])):
+                    ranked[i] = [item.id for item in answer.items]
         return ranked
 
-    def predict(self, asked: list[tuple[UserEvent, list[str]]], now: float) -> list[Record]:
-        """`asked`: events, each with the user's history before it (`Histories.of`)."""
+    def predict(self, asked: list[tuple[UserEvent, list[HistoryItem]]], interactions: list[list[str]],
+                now: float, seen: set[str] = frozenset()) -> list[Record]:
+        """`asked`: events, each with the user's history before it (`Histories.of`), for the
+        models; `interactions`: the same users' interacted items (`Histories.items_of`), for
+        the baselines; `seen`: the items the bootstrap has (any other target is new)."""
         live = [self.pool.submit(self.ask_live, event, history) for event, history in asked]
         frozen = self.ask_frozen(asked)
-        baselines = self.baselines.answer(asked)
+        baselines = self.baselines.answer([(event, items) for (event, _), items in zip(asked, interactions)])
         records = []
         for (event, _), answer, frozen_ranked, others in zip(asked, (f.result() for f in live), frozen, baselines):
             target = target_item(event)
             live_hit, live_ndcg = rank_metrics([i["id"] for i in answer["items"]], target)
             frozen_hit, frozen_ndcg = rank_metrics(frozen_ranked, target)
             records.append(Record(now, event.timestamp, "search" if event.type == "search" else "rec",
-                                  answer["model_version"], live_hit, live_ndcg, frozen_hit, frozen_ndcg, others))
+                                  answer["model_version"], live_hit, live_ndcg, frozen_hit, frozen_ndcg, others,
+                                  new_item=target not in seen))
         self.records += records
         with open(self.path, "a") as f:
             f.writelines(json.dumps(r.__dict__) + "\n" for r in records)
@@ -183,6 +203,23 @@ def by_system(records: list[Record]) -> dict[str, dict[str, dict[str, float]]]:
             n = len(answered) or 1
             out[task][system] = {"n": len(answered), "HR@10": sum(h for h, _ in answered) / n,
                                  "NDCG@10": sum(g for _, g in answered) / n}
+    return out
+
+
+def new_items(records: list[Record]) -> dict[str, dict]:
+    """Per task: the cases whose target no bootstrap event has (an item first seen in the
+    stream), their share of all cases, and each system's HR@10 on them with the cases it
+    found. The frozen model never trained on these items; a live one can only after a
+    refresh that saw them, with an identifier from the collaborative updater."""
+    out = {}
+    for task in ("search", "rec"):
+        rows = [r for r in records if r.task == task]
+        new = [r for r in rows if r.new_item]
+        systems = {}
+        for system in systems_of(new) if new else ():
+            hits = [m[0] for m in (r.metrics(system) for r in new) if m is not None]
+            systems[system] = {"n": len(hits), "HR@10": sum(hits) / (len(hits) or 1), "found": sum(hits)}
+        out[task] = {"cases": len(rows), "new": len(new), "share": len(new) / (len(rows) or 1), "systems": systems}
     return out
 
 

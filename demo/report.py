@@ -16,7 +16,7 @@ from gensar.artifacts import write_file
 from gensar.layout import Layout
 
 from demo.plots import prequential_charts
-from demo.prequential import Record, by_system, differences, summarize, versus_live
+from demo.prequential import Record, by_system, differences, new_items, summarize, versus_live
 
 
 class VersionRow(BaseModel):
@@ -29,6 +29,7 @@ class VersionRow(BaseModel):
     gate_outcome: str | None = None  # which case of learner.refresh.gate decided (None: never gated)
     gate_tasks: dict[str, dict] = {}  # task -> n, verdict, candidate - serving and its paired 95% interval
     freshness_s: float | None = None  # newest event learned from -> started serving
+    decided_at: float | None = None  # wall time of the registry's decision
 
 
 class Summary(BaseModel):
@@ -39,6 +40,7 @@ class Summary(BaseModel):
     systems: dict[str, dict[str, dict[str, int | float]]] = {}  # task -> system -> n, HR@10, NDCG@10
     versus_live: dict[str, dict[str, dict[str, int | float | list[float]]]] = {}  # task -> system -> n, live - it, CIs
     baselines: dict = {}  # how the streaming baselines were set (the popularity window and how it was chosen)
+    new_items: dict[str, dict] = {}  # task -> cases whose target was first seen in the stream (prequential.new_items)
     versions: list[VersionRow]
     promoted: int
     served_adapters: list[str]
@@ -66,12 +68,13 @@ class Summary(BaseModel):
                                    reason=decision.reason, samples=manifest.window.samples, gate=manifest.metrics,
                                    gate_outcome=gated.outcome if gated else None,
                                    gate_tasks={t: c.model_dump() for t, c in gated.tasks.items()} if gated else {},
-                                   freshness_s=lag))
+                                   freshness_s=lag, decided_at=decision.timestamp))
         lags = [r.freshness_s for r in rows if r.freshness_s is not None]
         promoted = sum(1 for d in registry.decisions() if d.status == "promoted")
         return cls(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), wall_seconds=wall_seconds,
                    tasks=summarize(records), differences=differences(records), systems=by_system(records),
-                   versus_live=versus_live(records), baselines=baselines or {}, versions=rows, promoted=promoted,
+                   versus_live=versus_live(records), baselines=baselines or {}, new_items=new_items(records),
+                   versions=rows, promoted=promoted,
                    served_adapters=sorted({v["version"] for v in first_served.values()
                                            if not v["version"].startswith("base:")}),
                    freshness_p50_s=statistics.median(lags) if lags else None, records=len(records))
@@ -110,6 +113,20 @@ def system_rows(summary: Summary) -> list[list[str]]:
     return rows
 
 
+NEW_ITEM_COLUMNS = ("task", "cases", "new-item cases", "share", "system", "HR@10 on them", "found")
+
+
+def new_item_rows(summary: Summary) -> list[list[str]]:
+    rows = []
+    for task, t in summary.new_items.items():
+        for system, m in t["systems"].items():
+            rows.append([task, str(t["cases"]), str(t["new"]), f"{t['share']:.1%}", system, f"{m['HR@10']:.4f}",
+                         f"{m['found']:.1f}"])
+        if not t["systems"]:
+            rows.append([task, str(t["cases"]), "0", "0.0%", "-", "-", "-"])
+    return rows
+
+
 def summary_table(summary: Summary) -> Table:
     """The console's table: every system per task, live minus each with its paired interval."""
     table = Table(*SYSTEM_COLUMNS, title=f"Prequential evaluation ({summary.date}, {summary.wall_seconds / 60:.1f} min)")
@@ -132,6 +149,12 @@ def markdown(summary: Summary) -> str:
              "The same events in the same order, each answered from the same history over the whole catalogue "
              "before any system learned from it; live minus each system with a paired 95% bootstrap interval "
              "over the events both answered.", "", *md_table(SYSTEM_COLUMNS, system_rows(summary))]
+    if summary.new_items:
+        lines += ["", "## Items first seen in the stream", "",
+                  "Cases whose target no bootstrap event has: the frozen model never trained on it; the live "
+                  "system can find it only after a refresh that saw it (its identifier comes from the "
+                  "collaborative updater). found: expected hits in the top 10.", "",
+                  *md_table(NEW_ITEM_COLUMNS, new_item_rows(summary))]
     if window := summary.baselines.get("popularity_window"):
         lines += ["", f"popularity-window: the last {window} interactions ({summary.baselines['chosen_by']})."]
     fresh = f"{summary.freshness_p50_s:.1f} s" if summary.freshness_p50_s is not None else "n/a"
@@ -150,7 +173,8 @@ def markdown(summary: Summary) -> str:
 def write_report(directory: Path, summary: Summary, records: list[Record]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     files = {"summary.json": summary.model_dump_json(indent=1).encode(), "report.md": markdown(summary).encode(),
-             **{f"{task}.png": png for task, png in prequential_charts(records).items()}}
+             **{f"{task}.png": png for task, png in prequential_charts(
+                 records, decided=[(v.decided_at, v.status) for v in summary.versions if v.decided_at]).items()}}
     for name, content in files.items():
         write_file(directory / name, content)
     return directory / "report.md"

@@ -16,6 +16,7 @@ import httpx
 from tqdm import tqdm
 
 from gensar.artifacts import write_file
+from gensar.data import target_item
 from gensar.layout import Layout
 from gensar.replay import make_producer, replay
 
@@ -82,6 +83,23 @@ def streaming_baselines(world: World, settings: DemoSettings, done: int, log) ->
     return baselines, how
 
 
+class StateMismatch(ValueError):
+    """A state directory made with other demo settings: resuming would mix two runs."""
+
+
+def check_resumable(path: Path, settings: DemoSettings) -> None:
+    """Record the settings a state directory is made with; refuse to resume it with others."""
+    if path.exists():
+        made_with = DemoSettings.model_validate_json(path.read_text())
+        changed = {k: (v, getattr(settings, k)) for k, v in made_with if getattr(settings, k) != v}
+        if changed:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise StateMismatch(f"{path.parent.parent} was made with other demo settings ({listed}): "
+                                "resume it with the same ones, or start over with --reset")
+    else:
+        write_file(path, settings.model_dump_json(indent=1))
+
+
 def adapters_served(versions: Versions) -> list[str]:
     return [v["version"] for v in versions.first_served.values() if not v["version"].startswith("base:")]
 
@@ -95,6 +113,7 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
     layout = Layout.under(root)
     started = time.time()
     (root / "demo").mkdir(parents=True, exist_ok=True)
+    check_resumable(root / "demo" / "settings.json", settings)
     world = prepare_world(source, root, settings)
     log(f"data {world.data_dir}: {len(world.ds.items):,} items; bootstrap {len(world.bootstrap):,} events, "
         f"stream {len(world.stream):,} events")
@@ -114,6 +133,7 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                 save_json(progress_path, progress)
             done = progress["replayed"]
             histories = Histories(world.bootstrap + world.stream[:done])
+            bootstrap_items = {target_item(e) for e in world.bootstrap}
             baselines, baseline_settings = streaming_baselines(world, settings, done, log)
             evaluator = Evaluator(stack.serve_url, frozen_engine(layout, world.data_dir, BASE_NAME), baselines,
                                   root / "demo" / "prequential.jsonl")
@@ -128,12 +148,13 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                 if (wait := clock0 + (chunk[0].timestamp - first_ts) / speed - time.monotonic()) > 0:
                     time.sleep(wait)  # the accelerated clock: never ahead of event time
                 versions.poll()
-                asked = []
+                asked, interactions = [], []
                 for i, event in enumerate(chunk, start=done):
                     if event.type == "search" or i % settings.eval_every == 0:  # searches are rare: all
                         asked.append((event, histories.of(event.user_id)))
+                        interactions.append(histories.items_of(event.user_id))
                     histories.add(event)
-                evaluator.predict(asked, time.time())  # test ...
+                evaluator.predict(asked, interactions, time.time(), bootstrap_items)  # test ...
                 replay(chunk, stack.kafka, producer=producer, progress=False)  # ... then train
                 evaluator.learn(chunk)  # (the baselines)
                 done += len(chunk)

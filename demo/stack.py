@@ -92,10 +92,10 @@ class Stack:
         s = self.settings
         learner = LearnerSettings(refresh_every_samples=s.refresh_every_samples, min_samples=min(200, s.refresh_every_samples),
                                   window=s.learner_window, replay=s.learner_replay, refresh_every_seconds=60.0,
-                                  gate_min_cases=s.gate_min_cases, metrics_port=0)
+                                  gate_min_cases=s.gate_min_cases, metrics_port=0, seed=s.seed)
         env = {f"GENSAR_LEARNER__{k.upper()}": str(v) for k, v in learner.model_dump(include={
             "refresh_every_samples", "min_samples", "window", "replay", "refresh_every_seconds", "gate_min_cases",
-            "metrics_port"}).items()}
+            "metrics_port", "seed"}).items()}
         env["GENSAR_LEARNER__TRAINING__EPOCHS"] = str(s.learner_epochs)
         env["RAY_ADDRESS"] = self.ray_address
         self._spawn("learner", [sys.executable, "-m", "cli.main", "learner", "--base", self.base_name,

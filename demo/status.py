@@ -68,15 +68,15 @@ def create_app(root: Path, layout: Layout, serve_url: str, streams_metrics_url: 
         return {"serving": serving, "history": history, "streams": streams, "predictions": len(rows),
                 "systems": by_system(rows)}
 
-    drawn: dict[str, object] = {"n": -1, "charts": {}}  # the charts of the last record count (the page polls)
+    drawn: dict[str, object] = {"n": None, "charts": {}}  # the charts of the last record and decision counts (the page polls)
     drawing = threading.Lock()
 
     @app.get("/charts/{task}.png")
     def chart(task: str) -> Response:
         with drawing:
-            rows = records()
-            if drawn["n"] != len(rows):
-                drawn.update(n=len(rows), charts=prequential_charts(rows))
+            rows, decided = records(), [(d.timestamp, d.status) for d in registry.decisions()]
+            if drawn["n"] != (len(rows), len(decided)):
+                drawn.update(n=(len(rows), len(decided)), charts=prequential_charts(rows, decided=decided))
         if task not in drawn["charts"]:
             raise HTTPException(404, f"no chart for task {task!r}: search or rec")
         return Response(drawn["charts"][task], media_type="image/png")

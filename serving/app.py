@@ -43,7 +43,7 @@ from starlette.datastructures import Headers
 from gensar.layout import Layout
 from gensar.settings import KafkaSettings
 from serving.control import Control, read_control, write_control
-from serving.engine import Engine, Query, Refusal, Swap, item_history
+from serving.engine import Engine, Query, Refusal, Swap, request_history
 # Metrics through the module: Serve pickles the ingress class by value, and pickled copies of
 # metric objects would not be in the replica's registry.
 from serving import metrics as meters
@@ -275,22 +275,34 @@ class GenSARServer:
         if genre is not None and genre not in self.genres:
             raise unprocessable("filters.genre", f"unknown genre {body.filters.genre!r}; "
                                 f"known: {', '.join(sorted(self.genres))}", body.filters.genre)
-        state = await asyncio.to_thread(self.users.histories, body.user_id) if body.user_id else None
-        query = Query("search", body.k, history=state.events if state else (), query=body.query, genre=genre)
-        return await self._search_batch(query)
+        self._check_history(body.history)
+        if body.history is not None:  # the caller's own history: the user-state API is not asked
+            history = request_history(body.history)
+        else:
+            state = await asyncio.to_thread(self.users.histories, body.user_id) if body.user_id else None
+            history = state.events if state else ()
+        return await self._search_batch(Query("search", body.k, history=history, query=body.query, genre=genre))
 
     @api.post("/recommend", response_model=Answer, responses=errors(400, 413))
     async def recommend(self, body: RecommendRequest) -> Answer:
         self._check_k(body.k)
-        if body.history is not None and len(body.history) > self.settings.max_history:
-            raise unprocessable("history", f"history longer than {self.settings.max_history} items", body.history)
-        state = await asyncio.to_thread(self.users.histories, body.user_id)
-        history = item_history(body.history) if body.history is not None else state.events
-        return await self._recommend_batch(Query("rec", body.k, history=history, search_history=state.queries))
+        self._check_history(body.history)
+        if body.history is not None:  # the caller's own history: the user-state API is not asked
+            history = request_history(body.history)
+            queries = tuple(h.query for h in history if h.query is not None)
+        else:
+            state = await asyncio.to_thread(self.users.histories, body.user_id)
+            history, queries = state.events, state.queries
+        return await self._recommend_batch(Query("rec", body.k, history=history, search_history=queries))
 
     def _check_k(self, k: int) -> None:
         if k > self.settings.max_k:
             raise unprocessable("k", f"k must be at most {self.settings.max_k}", k)
+
+    def _check_history(self, history: list | None) -> None:
+        if history is not None and len(history) > self.settings.max_history:
+            raise unprocessable("history", f"history longer than {self.settings.max_history} items",
+                                jsonable_encoder(history))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # reset from settings in __init__
     async def _search_batch(self, queries: list[Query]) -> list[Answer]:

@@ -69,9 +69,11 @@ class Refusal:
     at: float
 
 
-def item_history(item_ids) -> tuple[HistoryEntry, ...]:
-    """A history of interactions only, from item ids oldest first (a request's own history)."""
-    return tuple(HistoryEntry(item_id=i, timestamp=0) for i in item_ids)
+def request_history(entries) -> tuple[HistoryEntry, ...]:
+    """A request's own history, oldest first: an item id is an interaction, an object with
+    `item_id` and `query` (serving.schemas.Searched) a search."""
+    return tuple(HistoryEntry(item_id=e, timestamp=0) if isinstance(e, str)
+                 else HistoryEntry(item_id=e.item_id, query=e.query, timestamp=0) for e in entries)
 
 
 def _known(history: tuple[HistoryEntry, ...], bundle: Bundle) -> list[HistoryEntry]:

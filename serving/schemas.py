@@ -18,18 +18,31 @@ class SearchFilters(Strict):
     genre: str | None = Field(None, min_length=1, max_length=64, description="only items of this genre")
 
 
+class Searched(Strict):
+    """An earlier search in a request's own history: its query and the item clicked for it."""
+
+    item_id: Id
+    query: str = Field(min_length=1, max_length=QUERY_LIMIT)
+
+
+# A request's own history, oldest first: an item id is an interaction, a Searched a search.
+History = list[Id | Searched]
+HISTORY_DOC = ("the user's earlier events, oldest first (an item id: an interaction; {item_id, query}: a search); "
+               "default: the user's current history from the streams")
+
+
 class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=QUERY_LIMIT)
     user_id: Id | None = Field(None, description="personalises by the user's current history")
     k: int = Field(10, ge=1, le=K_LIMIT)
     filters: SearchFilters | None = None
+    history: History | None = Field(None, max_length=HISTORY_LIMIT, description=HISTORY_DOC)
 
 
 class RecommendRequest(Strict):
     user_id: Id
     k: int = Field(10, ge=1, le=K_LIMIT)
-    history: list[Id] | None = Field(None, max_length=HISTORY_LIMIT,
-                                     description="item ids, oldest first; default: the user's current history from the streams")
+    history: History | None = Field(None, max_length=HISTORY_LIMIT, description=HISTORY_DOC)
 
 
 class Item(BaseModel):

@@ -16,7 +16,9 @@ from identifiers.build import top_items_slice
 
 from demo.bootstrap import write_movielens
 from demo.plots import prequential_charts, rolling
-from demo.prequential import Histories, Record, differences, rank_metrics
+from demo.prequential import Histories, Record, differences, new_items, rank_metrics
+from demo.run import StateMismatch, check_resumable
+from demo.settings import QUICK
 from demo.status import create_app, prometheus_sums
 
 
@@ -47,6 +49,40 @@ def test_charts_are_pngs_of_each_task():
         assert len(set(image.convert("RGB").getdata())) > 10  # lines and text drawn, not a blank canvas
 
 
+def test_charts_mark_each_decided_refresh_inside_the_replay():
+    rows = records(40)
+    plain = prequential_charts(rows)["rec"]
+    marked = prequential_charts(rows, decided=[(110.0, "promoted"), (125.0, "rejected")])["rec"]
+    outside = prequential_charts(rows, decided=[(10.0, "promoted"), (900.0, "rejected")])["rec"]
+    assert marked != plain and outside == plain  # a decision before or after the replay draws nothing
+    pixels = Image.open(io.BytesIO(marked)).convert("RGB").getdata()
+    assert any(p == (0x2c, 0xa0, 0x2c) or (abs(p[0] - 0x2c) < 40 and p[1] > 150 and p[2] < 120) for p in pixels)
+
+
+def test_new_item_cases_are_counted_per_task_with_each_systems_hits():
+    rows = [Record(**{**r.__dict__, "new_item": i % 4 == 1}) for i, r in enumerate(records(40))]
+    table = new_items(rows)
+    rec = [r for r in rows if r.task == "rec"]
+    new = [r for r in rec if r.new_item]
+    assert table["rec"]["cases"] == len(rec) and table["rec"]["new"] == len(new) == 10
+    assert table["rec"]["systems"]["live"]["found"] == sum(r.live_hit for r in new)
+    assert table["rec"]["systems"]["frozen"]["HR@10"] == sum(r.frozen_hit for r in new) / len(new)
+    assert table["search"]["new"] == 0 and table["search"]["systems"] == {}
+
+
+def test_a_state_directory_resumes_only_with_the_settings_it_was_made_with(tmp_path):
+    path = tmp_path / "demo" / "settings.json"
+    path.parent.mkdir(parents=True)
+    check_resumable(path, QUICK)
+    check_resumable(path, QUICK)  # the same settings: resumes
+    try:
+        check_resumable(path, QUICK.model_copy(update={"seed": 1}))
+    except StateMismatch as exc:
+        assert "seed 0 -> 1" in str(exc) and "--reset" in str(exc)
+    else:
+        raise AssertionError("a different seed resumed the state directory")
+
+
 def test_live_minus_frozen_comes_with_a_paired_interval():
     rows = records(200)
     diff = differences(rows)
@@ -71,12 +107,17 @@ def test_status_page_serves_charts_and_refuses_unknown_tasks(tmp_path):
     assert missing.status_code == 404 and "search or rec" in missing.json()["detail"]
 
 
-def test_histories_keep_interactions_only(bundled_data):
+def test_histories_keep_both_kinds_as_the_stream_workers_do(bundled_data):
     ds = datasets.load(bundled_data)
-    events = ds.user_events()[:500]
+    events = ds.user_events()
+    user = next(e.user_id for e in reversed(events) if e.type == "search")
     histories = Histories(events)
-    user = events[0].user_id
-    assert histories.of(user) == [e.item_id for e in events if e.user_id == user and e.type == "interaction"][-50:]
+    mine = [e for e in events if e.user_id == user]
+    expected = [e.item_id if e.type == "interaction" else {"item_id": e.clicked_items[0], "query": e.query}
+                for e in mine]
+    assert histories.entries[user] == expected and any(isinstance(e, dict) for e in expected)
+    assert histories.of(user) == expected[-50:]
+    assert histories.items_of(user) == [e.item_id for e in mine if e.type == "interaction"][-50:]
 
 
 def test_slice_round_trips_through_the_movielens_layout(bundled_data, tmp_path):

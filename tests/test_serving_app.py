@@ -55,6 +55,13 @@ class UserTables(UserStandIn):
                                            events=h.events + [HistoryEntry(item_id=item_id, timestamp=time.time())]))
         self.histories[user_id] = clicked.model_dump(mode="json")
 
+    def searched(self, user_id: str, query: str, item_id: str) -> None:
+        h = UserHistory.model_validate(self.histories[user_id])
+        entry = HistoryEntry(item_id=item_id, query=query, timestamp=time.time())
+        self.histories[user_id] = h.model_copy(update=dict(search_history=h.search_history + [query],
+                                                           searches=h.searches + 1,
+                                                           events=h.events + [entry])).model_dump(mode="json")
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -131,6 +138,25 @@ def test_a_new_click_shows_up_in_the_next_answer(served):
     assert state_reads(client) == reads + 1  # personalised search reads the state; anonymous does not
 
 
+def test_an_explicit_history_with_searches_answers_as_the_same_stream_state(served):
+    client, _, tables = served
+    tables.click("u-both", "17")
+    tables.searched("u-both", "kilo tango", "21")
+    tables.click("u-both", "18")
+    explicit_history = ["17", {"item_id": "21", "query": "kilo tango"}, "18"]
+    for path, body in (("/search", {"query": "alpha"}), ("/recommend", {})):
+        from_state = client.post(path, json={**body, "user_id": "u-both", "k": 5}).json()
+        reads = state_reads(client)
+        explicit = client.post(path, json={**body, "user_id": "x", "k": 5, "history": explicit_history}).json()
+        assert state_reads(client) == reads  # the caller's history: the user-state API is not asked
+        assert explicit["items"] == from_state["items"] and explicit["source"] == from_state["source"], path
+        interactions_only = client.post(path, json={**body, "user_id": "x", "k": 5, "history": ["17", "18"]}).json()
+        assert [i["score"] for i in interactions_only["items"]] != [i["score"] for i in explicit["items"]], path
+    for bad in ([{"item_id": "21"}], [{"item_id": "21", "query": ""}], [{"item_id": "21", "query": "q", "x": 1}], [7]):
+        response = client.post("/search", json={"query": "alpha", "history": bad})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", "history"], bad
+
+
 def state_reads(client) -> float:
     line = next(l for l in client.get("/metrics").text.splitlines() if l.startswith("gensar_serve_user_state_seconds_count"))
     return float(line.split()[-1])
@@ -142,6 +168,7 @@ def test_bad_bodies_are_422_with_a_message(served):
                        ("/search", {"query": "a" * 513}), ("/search", {"query": "a", "filters": {"genre": "opera"}}),
                        ("/search", {"query": "a", "surprise": 1}), ("/recommend", {"k": 5}),
                        ("/recommend", {"user_id": "u", "history": [str(i) for i in range(201)]}),
+                       ("/search", {"query": "a", "history": [{"item_id": "1", "query": "q"}] * 201}),
                        ("/recommend", {"user_id": "u", "k": 0})):
         response = client.post(path, json=body)
         assert response.status_code == 422, (path, body, response.text)

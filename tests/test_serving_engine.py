@@ -29,7 +29,7 @@ from model.train import TrainSettings, train
 from serving.bundle import BundleError, Loader
 from serving.catalogue import Catalogue
 from serving.dense import RRF_K, DenseIndex, fuse
-from serving.engine import Engine, Query, item_history
+from serving.engine import Engine, Query, request_history
 from serving.items import follow_items
 from serving.settings import ServingSettings
 from test_model import TINY, tiny_model, tiny_world
@@ -100,13 +100,13 @@ def registry(world) -> Registry:
 
 
 def test_both_tasks_answer_valid_items_labelled_with_their_version(engine):
-    answers = engine.recommend([Query("rec", 5, history=item_history(("3", "4", "5"))), Query("rec", 7, history=item_history(("10",)))])
+    answers = engine.recommend([Query("rec", 5, history=request_history(("3", "4", "5"))), Query("rec", 7, history=request_history(("10",)))])
     for a, k in zip(answers, (5, 7)):
         assert a.model_version == "v1" and a.idmap_version == "tiny1" and a.source == "model"
         assert len(a.items) == k and len({i.id for i in a.items}) == k
         assert all(i.id in engine.slots["rec"].idmap and i.title for i in a.items)
         assert [i.score for i in a.items] == sorted((i.score for i in a.items), reverse=True)
-    (s,) = engine.search([Query("search", 4, query="alpha", history=item_history(("3",)))])
+    (s,) = engine.search([Query("search", 4, query="alpha", history=request_history(("3",)))])
     assert s.model_version == "v1" and s.source == "model+dense" and len(s.items) == 4
 
 
@@ -138,13 +138,13 @@ def test_the_dense_weight_depends_on_what_the_model_knows(engine):
     before = engine.dense_weights
     try:
         engine.dense_weights = (0.0, 1.0)
-        warm = Query("search", 5, query="alpha", history=item_history(("3",)))
+        warm = Query("search", 5, query="alpha", history=request_history(("3",)))
         (fused,), (alone,) = engine.search([warm]), model_only.search([warm])
         assert [i.id for i in fused.items] == [i.id for i in alone.items]
         (cold,) = engine.search([Query("search", 5, query="alpha")])
         (cold_alone,) = model_only.search([Query("search", 5, query="alpha")])
         assert [i.id for i in cold.items] != [i.id for i in cold_alone.items]
-        (new,) = engine.search([Query("search", 10, query="zulu quebec newcomer", history=item_history(("3",)))])
+        (new,) = engine.search([Query("search", 10, query="zulu quebec newcomer", history=request_history(("3",)))])
         assert NEW_ITEM in [i.id for i in new.items]
     finally:
         engine.dense_weights = before
@@ -152,7 +152,7 @@ def test_the_dense_weight_depends_on_what_the_model_knows(engine):
 
 def test_cold_users_get_popularity_or_their_search_history(engine):
     cold, unknown_items, searched = engine.recommend([
-        Query("rec", 3), Query("rec", 3, history=item_history(("no-such-item",))), Query("rec", 3, search_history=("golf",))])
+        Query("rec", 3), Query("rec", 3, history=request_history(("no-such-item",))), Query("rec", 3, search_history=("golf",))])
     assert cold.source == unknown_items.source == "popularity"
     assert [i.id for i in cold.items] == list(engine.catalogue.popular[:3])
     assert searched.source == "search-history" and len(searched.items) == 3
@@ -196,7 +196,7 @@ def test_a_version_on_another_base_model_is_refused(engine, world, tmp_path):
 def test_in_flight_batches_finish_on_their_version_during_swaps(engine, world):
     """Answers from a thread decoding while the main thread swaps back and forth: every answer
     equals the reference answer of the version it is labelled with."""
-    query = [Query("rec", 5, history=item_history(("20", "21", "22")))]
+    query = [Query("rec", 5, history=request_history(("20", "21", "22")))]
     reference = {}
     for version in ("v1", "v2"):
         engine.pin("joint", version)
