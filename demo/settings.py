@@ -24,7 +24,7 @@ class DemoSettings(BaseModel):
     refresh_every_samples: int = Field(1500, ge=1)  # learner: refresh cadence during the replay
     learner_window: int = Field(3000, ge=1)
     learner_replay: int = Field(3000, ge=0)
-    learner_epochs: float = Field(1.0, gt=0)
+    learner_epochs: float = Field(3.0, gt=0)  # LearnerSettings' default (bench/results/refresh_recipe.md)
     drain_seconds: float = Field(120.0, ge=0)  # after the replay: wait this long at most for the last refresh
     gate_min_cases: int = Field(100, ge=1)  # the learner's gate decides a task on at least this many held-out cases
     # The streaming popularity baseline's window in interactions; None: the best of

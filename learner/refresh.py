@@ -1,9 +1,14 @@
 """One refresh, end to end and without Ray: samples -> LoRA candidate -> gate -> registry.
 
     recent window ──┬─ oldest (1 - holdout) ─┐
-                    │                        ├─▶ tune (LoRA) ─▶ candidate
+                    │                        ├─▶ user sequences ─▶ tune (LoRA) ─▶ candidate
     replay draw ────┼────────────────────────┘
                     └─ newest holdout ─▶ evaluate candidate AND serving version ─▶ gate
+
+The trained samples are rendered as the base model was trained (model.tasks.Renderer.
+stream_windows): one sequence per user in event order, the samples' events the targets,
+their histories the context, cut into the base model's windows; a user's samples share
+their context instead of each repeating its own history.
 
 The held-out slice is the newest recent samples, so the gate asks what matters online:
 is the candidate at least as good as what serves now on what users are doing now? It
@@ -197,9 +202,10 @@ class Refresher:
             replayed = [s for s in replayed if s.task == self.task]
         cut = max(1, int(len(recent) * (1 - settings.holdout_fraction)))
         train_part, holdout = recent[:cut], recent[cut:]
-        samples = [s for s in map(self.renderer.training_sample, [*train_part, *replayed]) if s is not None]
+        trained = [s for s in [*train_part, *replayed] if s.target_item in self.renderer.idmap]
+        sequences = self.renderer.stream_windows(trained)  # the base model's way: whole user sequences
         times = [s.timestamp for s in train_part]
-        window = TrainingWindow(samples=len(samples), first_event_time=min(times, default=None),
+        window = TrainingWindow(samples=len(trained), first_event_time=min(times, default=None),
                                 last_event_time=max(times, default=None), replayed=len(replayed))
         train_settings = TrainSettings(epochs=settings.training.epochs, batch_tokens=settings.training.batch_tokens,
                                        learning_rate=settings.training.learning_rate,
@@ -219,7 +225,7 @@ class Refresher:
                                                                       serving_renderer.idmap)
             adapter_dir, scores, report, verdict, failure = Path(tmp) / "adapter", {}, None, None, ""
             try:
-                adapted, report = tune(self.base.model, samples, self.base.vocab, train_settings,
+                adapted, report = tune(self.base.model, sequences, self.base.vocab, train_settings,
                                        settings.lora, init_adapter=parent_dir)
                 save_adapter(adapted, adapter_dir)
                 candidate = self._with(adapted.merge_and_unload().eval(), self.renderer.idmap)

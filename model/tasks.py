@@ -23,6 +23,10 @@ Every Sample carries, per token, the task whose loss covers it (0: context only)
 TaskMix weighs the tasks inside one sequence and single-task training is the same data
 with other weights. Long users are cut into windows of `context_tokens` that overlap by
 `overlap_tokens`; a target is trained in exactly one window (the first that holds it).
+
+A LoRA refresh (learner.refresh) trains the same way on stream samples (`stream_windows`):
+per user, the events the samples' histories hold and the samples' own events form one
+sequence, the loss on the samples' events only (the rest were trained before).
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ class RenderSettings(BaseModel):
 
 @dataclass(frozen=True)
 class Sample:
-    task: str  # "events" (a user's window), an alignment task, or a stream sample's task
+    task: str  # "events" (a user's window, from the dataset or the stream) or an alignment task
     tokens: tuple[int, ...]
     kinds: tuple[int, ...]  # per token: KIND of the task whose loss covers it, 0 for context
 
@@ -190,40 +194,62 @@ class Renderer:
             return None
         return tuple(self.ids("search" if task in ("search", "synthetic_search") else "rec", row))
 
-    def training_sample(self, sample: TrainingSample) -> Sample | None:
-        """A stream TrainingSample (streams/): its history, then its target, the loss on the
-        target only (the history's events were targets of earlier samples). None when the
-        target item has no identifier in this map (a new item: the learner assigns one first)."""
-        target = self.target_id(sample.task, sample.target_item)
-        if target is None:
-            return None
-        source = self.source(sample.task, sample.events, sample.query)
-        return Sample(sample.task, source + target, (0,) * len(source) + (KIND[sample.task],) * len(target))
-
     # --- training sequences ----------------------------------------------------------------
 
-    def windows(self, events: Sequence[UserEvent]) -> list[Sample]:
+    def windows(self, events: Sequence[UserEvent | HistoryEntry], trains: Sequence[bool] | None = None) -> list[Sample]:
         """A user's events as windows of at most `context_tokens`, consecutive windows
-        overlapping by about `overlap_tokens`; each event's loss lives in one window only."""
-        chunks = [c for c in map(self.event, events) if c is not None]
-        limit = self.settings.context_tokens - 1  # [CLS]
-        out, start, trained = [], 0, 0  # trained: events whose loss an earlier window holds
-        while trained < len(chunks):
-            end, used = start, 0
+        overlapping by about `overlap_tokens`; each event's loss lives in one window only.
+        `trains` (default: every event) marks the events that carry loss, the others are
+        context; context no window holds yet (a stream user's history before the first
+        target) also fills the room a window's targets leave, so a target reads as much of
+        its past as the window fits."""
+        kept = [(c, t) for c, t in zip(map(self.event, events), trains or [True] * len(events)) if c is not None]
+        chunks, loss = [c for c, _ in kept], [t for _, t in kept]
+        limit, overlap = self.settings.context_tokens - 1, self.settings.overlap_tokens  # limit: [CLS] aside
+        out, held, previous = [], 0, -1  # held: events an earlier window holds; previous: its first event
+        while (first := next((i for i in range(held, len(chunks)) if loss[i]), None)) is not None:
+            start, used = first, 0  # about the last overlap_tokens before the first new target, as context
+            while start - 1 > previous and used + len(chunks[start - 1][0]) <= overlap:
+                start -= 1
+                used += len(chunks[start][0])
+            end = first
             while end < len(chunks) and used + len(chunks[end][0]) <= limit:
                 used += len(chunks[end][0])
                 end += 1
-            end = max(end, trained + 1)  # at least one new event (one longer than a window is cut below)
+            end = max(end, first + 1)  # at least one new event (one longer than a window is cut below)
+            while start > held and used + len(chunks[start - 1][0]) <= limit:  # context no window held yet
+                start -= 1
+                used += len(chunks[start][0])
             tokens, kinds = [self.vocab.start_id], [0]
             for i in range(start, end):
                 tokens += chunks[i][0]
-                kinds += chunks[i][1] if i >= trained else [0] * len(chunks[i][1])
+                kinds += chunks[i][1] if i >= first and loss[i] else [0] * len(chunks[i][1])
             out.append(Sample("events", tuple(tokens[: limit + 1]), tuple(kinds[: limit + 1])))
-            previous, start, trained, back = start, end, end, 0
-            # the next window starts with about the last overlap_tokens of this one, as context
-            while start - 1 > previous and back + len(chunks[start - 1][0]) <= self.settings.overlap_tokens:
-                back += len(chunks[start - 1][0])
-                start -= 1
+            previous, held = start, end
+        return out
+
+    def stream_windows(self, samples: Sequence[TrainingSample]) -> list[Sample]:
+        """Stream TrainingSamples (streams/) as the base model's training sequences: per user,
+        every event a sample's history holds and every sample's own event (a search: its
+        query and that sample's clicked item), in event order, cut by `windows` with the loss
+        on the samples' own events only (each once; the history's events were targets of
+        earlier refreshes or of the base model). All histories, not only the newest: a
+        sample's history is bounded (StreamSettings.sample_events), so an older sample's
+        event and its past may be missing from the newest one's. A sample whose item has
+        no identifier in this map is left out (a new item: the learner assigns one first)."""
+        by_user: dict[str, dict[tuple, tuple[HistoryEntry, bool]]] = defaultdict(dict)  # event -> (entry, trains)
+        for s in samples:
+            events = by_user[s.user_id]
+            for h in s.events:
+                events.setdefault((h.timestamp, h.query, h.item_id), (h, False))
+            own = HistoryEntry(item_id=s.target_item, query=s.query if s.task == "search" else None,
+                               timestamp=s.timestamp)
+            events[(own.timestamp, own.query, own.item_id)] = (own, True)
+        out = []
+        for events in by_user.values():
+            # event order (gensar.data.event_order): time, then interactions before searches
+            ordered = sorted(events.values(), key=lambda e: (e[0].timestamp, e[0].query is not None))
+            out += self.windows([h for h, _ in ordered], [t for _, t in ordered])
         return out
 
     def alignment(self, item_id: str, text: str) -> dict[str, Sample]:

@@ -5,6 +5,7 @@ second refresh continues from the serving adapter."""
 from __future__ import annotations
 
 import random
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from learner.refresh import GateCases, Refresher, gate
 from learner.registry import LocalArtifactStore, Registry
 from learner.settings import LearnerSettings, RefreshTraining
 from model.artifact import GenSARModel
-from model.tasks import TaskMix, build_pools
+from model.tasks import KIND, TaskMix, build_pools
 from model.train import TrainSettings, train
 from test_model import TINY, tiny_model, tiny_world
 
@@ -57,17 +58,65 @@ def refresher(base, renderer, tmp_path, **overrides) -> Refresher:
     return Refresher(base, "tiny-base", renderer, Registry(LocalArtifactStore(tmp_path / "registry")), settings)
 
 
+def trained_ids(renderer, windows) -> Counter:
+    """(task, item) of every identifier the windows put loss on (runs of rec / search kinds)."""
+    out = Counter()
+    for w in windows:
+        for task in ("rec", "search"):
+            tokens = renderer.rec_tokens if task == "rec" else renderer.search_tokens  # (n_items, 3)
+            at = [i for i, k in enumerate(w.kinds) if k == KIND[task]]
+            for i in range(0, len(at), 3):
+                code = tuple(w.tokens[j] for j in at[i: i + 3])
+                out[task, renderer.idmap.item_ids[int(np.flatnonzero((tokens == code).all(1))[0])]] += 1
+    return out
+
+
 def test_stream_samples_render_like_offline_training(world):
+    base, renderer, _ = world
+    ds = renderer.ds
+    events = sorted([*ds.interactions, *ds.searches], key=event_order)
+    by_user = defaultdict(list)
+    for e in events:
+        by_user[e.user_id].append(e)
+    # every event a sample: exactly the base model's user windows, though each sample holds 10 events
+    assert renderer.stream_windows(stream_samples(events)) == [w for u in by_user.values() for w in renderer.windows(u)]
+
+
+def test_stream_windows_train_each_sample_target_once_and_nothing_else(world):
     base, renderer, fresh = world
-    rendered = [renderer.training_sample(s) for s in fresh]
-    assert all(r is not None for r in rendered)
-    assert {r.task for r in rendered} == {"rec", "search"}
-    # each is the sample's history then its target: <rec> + rec id, or <search> query [SEP] + search id
-    depth = 3
-    assert all(r.tokens[0] == renderer.vocab.start_id for r in rendered)
-    assert all(r.tokens[-depth - 1] == renderer.mark["rec"] for r in rendered if r.task == "rec")
-    assert all(r.tokens[-depth - 1] == renderer.vocab.eos_id for r in rendered if r.task == "search")
-    assert all(sum(k > 0 for k in r.kinds) == depth for r in rendered)  # the loss on the target only
+    by_user = defaultdict(list)
+    for s in fresh:
+        by_user[s.user_id].append(s)
+    late = [s for samples in by_user.values() for s in samples[5:]]  # each user's first 5 events: history only
+    search = next(s for s in late if s.task == "search")
+    second_click = search.model_copy(update={"event_id": search.event_id + "/1", "target_item": "7"})
+    unknown = late[0].model_copy(update={"event_id": "new", "target_item": "not-in-the-map"})
+    # + a replay draw of older samples (some of them also recent: a repeat is trained once)
+    samples = [*late, second_click, unknown, *fresh[:60:4]]
+    windows = renderer.stream_windows(samples)
+    known = list({s.event_id: s for s in samples if s.target_item in renderer.idmap}.values())
+    assert len(known) < len(samples) - 1
+    assert trained_ids(renderer, windows) == Counter((s.task, s.target_item) for s in known)
+    # no other loss: besides the identifiers, only the query pieces (+ [SEP]) of the trained searches
+    queries = sum(len(renderer.text(s.query)) + 1 for s in known if s.task == "search")
+    assert sum(w.targets for w in windows) == 3 * len(known) + queries
+    assert sum(w.kinds.count(KIND["next_query"]) for w in windows) == queries
+    assert len(windows) < len(known) / 2  # a user's samples share windows and their context
+
+
+def test_a_long_stream_user_is_cut_into_overlapping_windows_losing_no_target(world):
+    base, renderer, fresh = world
+    user = fresh[-1].user_id
+    samples = [s for s in fresh if s.user_id == user]
+    windows = renderer.stream_windows(samples)
+    limit, overlap = renderer.settings.context_tokens, renderer.settings.overlap_tokens
+    assert sum(len(renderer.event(h)[0]) for h in samples[-1].events) > limit  # its last history alone
+    assert len(windows) > 2 and all(len(w.tokens) <= limit and w.tokens[0] == renderer.vocab.start_id for w in windows)
+    assert trained_ids(renderer, windows) == Counter((s.task, s.target_item) for s in samples)
+    for before, after in zip(windows, windows[1:]):  # the next starts with this one's tail, as context
+        first = next(i for i, k in enumerate(after.kinds) if k)
+        context = after.tokens[1: first - 1]  # between [CLS] and the first target's <rec> / <search>
+        assert 0 < len(context) <= overlap and before.tokens[-len(context):] == context
 
 
 def test_refreshes_are_promoted_and_the_second_continues_the_first(world, tmp_path):
@@ -116,7 +165,8 @@ def test_a_refresh_with_too_few_held_out_cases_is_not_decided_and_not_promoted(w
 
 def test_a_non_finite_loss_is_rejected_and_recorded(world, tmp_path):
     base, renderer, fresh = world
-    r = refresher(base, renderer, tmp_path, training=RefreshTraining(epochs=1, learning_rate=1e30))
+    # small batches: the loss of a step is taken before its update, so a step must follow the blow-up
+    r = refresher(base, renderer, tmp_path, training=RefreshTraining(epochs=1, learning_rate=1e30, batch_tokens=256))
     decision = r.run(fresh, [], "nan1")
     assert decision.status == "rejected" and "non-finite loss" in decision.reason
     assert r.registry.status("nan1").status == "rejected" and r.registry.manifest("nan1").gate is None

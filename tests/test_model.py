@@ -226,7 +226,7 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     assert parameter_count(model) > 0
 
 
-def test_stream_training_samples_render_like_dataset_histories(world):
+def test_a_stream_sample_renders_like_its_dataset_history_with_the_loss_on_its_event(world):
     from gensar.events import HistoryEntry, TrainingSample
 
     ds, idmap, vocab, renderer, *_ = world
@@ -237,12 +237,14 @@ def test_stream_training_samples_render_like_dataset_histories(world):
     sample = TrainingSample(event_id="s1", timestamp=target.timestamp, task="rec", user_id="3",
                             history=[h.item_id for h in entries], events=entries, target_item=target.item_id,
                             source_event_id=target.event_id)
-    rendered = renderer.training_sample(sample)
+    # the user's sequence as the base model reads it, the loss on the sample's own event only
+    assert renderer.stream_windows([sample]) == renderer.windows(events, [False] * len(history) + [True])
+    (window,) = renderer.stream_windows([sample])
     source = renderer.source("rec", history)
-    assert rendered.tokens == source + renderer.target_id("rec", target.item_id)
-    assert rendered.kinds == (0,) * len(source) + (KIND["rec"],) * 3  # the loss on the target only
+    assert window.tokens == source + renderer.target_id("rec", target.item_id)  # as much history as fits
+    assert window.kinds == (0,) * len(source) + (KIND["rec"],) * 3
     unknown = sample.model_copy(update={"target_item": "not-in-the-map"})
-    assert renderer.training_sample(unknown) is None
+    assert renderer.stream_windows([unknown]) == []  # a new item: no identifier yet
 
 
 def test_the_history_prior_lifts_searched_items_and_scores_them_exactly(world):
