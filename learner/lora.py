@@ -53,9 +53,9 @@ def attach(base: PreTrainedModel, settings: LoraSettings, init_adapter: Path | N
 def tune(base: PreTrainedModel, samples: list[Sample], vocab: Vocabulary, train_settings: TrainSettings,
          lora: LoraSettings = LoraSettings(), init_adapter: Path | None = None,
          progress: bool = False) -> tuple[PeftModel, TrainReport]:
-    """One refresh: LoRA-train a copy of `base` on `samples` (each a stream sample's history
-    and target, the loss on the target; every sample once per epoch), starting from
-    `init_adapter` (the serving version's) when given."""
+    """One refresh: LoRA-train a copy of `base` on `samples` (user-sequence windows of stream
+    samples, model.tasks.Renderer.stream_windows: the loss on the samples' own events; every
+    window once per epoch), starting from `init_adapter` (the serving version's) when given."""
     if not samples:
         raise ValueError("a refresh needs samples")
     model = attach(base, lora, init_adapter)
