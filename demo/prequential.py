@@ -23,7 +23,7 @@ import numpy as np
 from evaluation.metrics import expected_metrics, summarize as bootstrap
 from gensar.data import UserEvent, target_item
 from gensar.layout import Layout
-from serving.engine import Engine, Query, request_history
+from serving.engine import Engine, Query, queries_of, request_history
 from serving.schemas import Searched
 
 from demo.baselines import Baselines
@@ -133,8 +133,7 @@ class Evaluator:
             entries = request_history(e if isinstance(e, str) else Searched(**e) for e in history)
             if event.type == "search":
                 return Query("search", K, history=entries, query=event.query[:QUERY_CHARS])
-            return Query("rec", K, history=entries,
-                         search_history=tuple(h.query for h in entries if h.query is not None))
+            return Query("rec", K, history=entries, search_history=queries_of(entries))
 
         ranked: list[list[str]] = [[] for _ in asked]
         for task, decode in (("search", self.frozen.search), ("rec", self.frozen.recommend)):

@@ -43,7 +43,7 @@ from starlette.datastructures import Headers
 from gensar.layout import Layout
 from gensar.settings import KafkaSettings
 from serving.control import Control, read_control, write_control
-from serving.engine import Engine, Query, Refusal, Swap, request_history
+from serving.engine import Engine, Query, Refusal, Swap, queries_of, request_history
 # Metrics through the module: Serve pickles the ingress class by value, and pickled copies of
 # metric objects would not be in the replica's registry.
 from serving import metrics as meters
@@ -289,7 +289,7 @@ class GenSARServer:
         self._check_history(body.history)
         if body.history is not None:  # the caller's own history: the user-state API is not asked
             history = request_history(body.history)
-            queries = tuple(h.query for h in history if h.query is not None)
+            queries = queries_of(history)
         else:
             state = await asyncio.to_thread(self.users.histories, body.user_id)
             history, queries = state.events, state.queries

@@ -76,6 +76,11 @@ def request_history(entries) -> tuple[HistoryEntry, ...]:
                  else HistoryEntry(item_id=e.item_id, query=e.query, timestamp=0) for e in entries)
 
 
+def queries_of(history: tuple[HistoryEntry, ...]) -> tuple[str, ...]:
+    """The searches' queries of a history, oldest first (a rec query's search_history)."""
+    return tuple(h.query for h in history if h.query is not None)
+
+
 def _known(history: tuple[HistoryEntry, ...], bundle: Bundle) -> list[HistoryEntry]:
     """The entries whose item the map knows (a new item has no identifier yet)."""
     return [h for h in history if h.item_id in bundle.idmap]
