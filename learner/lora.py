@@ -17,6 +17,7 @@ import copy
 import math
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
 
@@ -34,7 +35,7 @@ TARGETS = {"llama": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "
 
 
 class NonFiniteLoss(RuntimeError):
-    """A refresh whose loss became NaN or infinite: its adapter must never serve."""
+    """A refresh whose loss or trained weights became NaN or infinite: its adapter must never serve."""
 
 
 def attach(base: PreTrainedModel, settings: LoraSettings, init_adapter: Path | None = None) -> PeftModel:
@@ -55,14 +56,22 @@ def tune(base: PreTrainedModel, samples: list[Sample], vocab: Vocabulary, train_
          progress: bool = False) -> tuple[PeftModel, TrainReport]:
     """One refresh: LoRA-train a copy of `base` on `samples` (user-sequence windows of stream
     samples, model.tasks.Renderer.stream_windows: the loss on the samples' own events; every
-    window once per epoch), starting from `init_adapter` (the serving version's) when given."""
+    window once per epoch), starting from `init_adapter` (the serving version's) when given.
+    Seeded by `train_settings.seed` (the adapter's initial draw, dropout), on a forked
+    generator: the same refresh trains the same adapter, and the caller's draws are untouched."""
     if not samples:
         raise ValueError("a refresh needs samples")
-    model = attach(base, lora, init_adapter)
-    every_sample_once = TaskMix(**{task: 1.0 for task in TASKS})
-    report = train(model, {"stream": samples}, every_sample_once, train_settings, vocab, progress=progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_settings.seed)
+        model = attach(base, lora, init_adapter)
+        every_sample_once = TaskMix(**{task: 1.0 for task in TASKS})
+        report = train(model, {"stream": samples}, every_sample_once, train_settings, vocab, progress=progress)
     if not all(math.isfinite(loss) for loss in report.losses):
         raise NonFiniteLoss(f"loss became non-finite during the refresh: {report.losses}")
+    # the losses are taken before each step's update: the last update can still blow up
+    broken = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if broken:
+        raise NonFiniteLoss(f"the refresh left non-finite weights in {len(broken)} tensors, e.g. {broken[0]}")
     return model, report
 
 

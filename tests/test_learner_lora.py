@@ -79,6 +79,36 @@ def test_a_non_finite_loss_is_refused(pretrained):
         tune(base, fresh, vocab, exploding, LoraSettings(r=4))
 
 
+def test_non_finite_weights_after_the_last_step_are_refused(pretrained, monkeypatch):
+    """The losses are taken before each update, so a last update that blows up shows only in
+    the weights: here the real loop runs and its last update is made to overflow."""
+    base, vocab, fresh = pretrained
+
+    def train_whose_last_update_overflows(model, *args, **kwargs):
+        report = train(model, *args, **kwargs)
+        next(p for n, p in model.named_parameters() if "lora_B" in n).data[0, 0] = float("inf")
+        return report
+
+    monkeypatch.setattr("learner.lora.train", train_whose_last_update_overflows)
+    with pytest.raises(NonFiniteLoss, match="non-finite weights"):
+        tune(base, fresh, vocab, SETTINGS.model_copy(update={"epochs": 1}), LoraSettings(r=4))
+
+
+def test_the_same_refresh_trains_the_same_adapter_and_leaves_the_callers_draws_alone(pretrained):
+    base, vocab, fresh = pretrained
+    once = SETTINGS.model_copy(update={"epochs": 1})
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    first, _ = tune(base, fresh, vocab, once, LoraSettings(r=4, dropout=0.1))
+    assert torch.equal(torch.rand(3), expected_draw), "tune forks the generator"
+    second, _ = tune(base, fresh, vocab, once, LoraSettings(r=4, dropout=0.1))
+    other_seed, _ = tune(base, fresh, vocab, once.model_copy(update={"seed": 1}), LoraSettings(r=4, dropout=0.1))
+    weights = [{n: p for n, p in m.named_parameters() if "lora_" in n} for m in (first, second, other_seed)]
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    assert not all(torch.equal(weights[0][n], weights[2][n]) for n in weights[0])
+
+
 def test_unknown_architectures_need_explicit_targets(pretrained):
     base, *_ = pretrained
     assert attach(base, LoraSettings(target_modules=["q_proj"])).peft_config["default"].target_modules == {"q_proj"}
