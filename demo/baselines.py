@@ -6,6 +6,8 @@ same events in the same order as the live system and answer the same cases.
                        (evaluation.baselines.ItemKNN's similarity), kept up to date per event
     bm25               search: BM25 over item text with the tags seen so far
     own-targets+bm25   search: the user's own earlier search targets first, then that BM25
+    own-history+bm25   search: the user's own interactions first, the most recent first,
+                       then that BM25 (MovieLens users tag what they have just rated)
 
 Each gives a score per catalogue item; `Baselines.answer` turns them into the same
 tie-aware HR@10 / NDCG@10 (evaluation.metrics) that the live and frozen answers get. They
@@ -127,12 +129,34 @@ class OwnTargets:
         return OwnTargetsSearch(self.bm25.index(), self.item_index).full_scores(case)
 
 
+class OwnHistory:
+    """The user's own interactions first, the most recent first, then the streaming BM25:
+    on MovieLens a tag is mostly applied to a movie the user has just rated (in the default
+    demo 93% of the searched items are among the user's last 10 events)."""
+
+    name, task = "own-history+bm25", "search"
+
+    def __init__(self, bm25: StreamingBM25, item_index: dict[str, int]):
+        self.bm25, self.item_index = bm25, item_index
+
+    def learn(self, event: UserEvent) -> None:
+        pass  # its history is the request's: nothing of its own to keep
+
+    def scores(self, event: UserEvent, history: list[str]) -> np.ndarray:
+        scores = self.bm25.scores(event, history)
+        bonus = 1e6 + scores.max(initial=0.0)  # above any BM25 score
+        recent_first = list(dict.fromkeys(reversed(history)))
+        for rank, item in enumerate(recent_first):
+            scores[self.item_index[item]] += bonus * (len(recent_first) - rank)
+        return scores
+
+
 class Baselines:
     def __init__(self, ds: Dataset, window: int):
         self.item_index = {item: row for row, item in enumerate(ds.items)}
         bm25 = StreamingBM25(ds)
         self.systems = [SlidingPopularity(self.item_index, window), OnlineItemKNN(self.item_index), bm25,
-                        OwnTargets(bm25, self.item_index)]
+                        OwnTargets(bm25, self.item_index), OwnHistory(bm25, self.item_index)]
 
     def learn(self, events: Sequence[UserEvent]) -> None:
         for event in events:

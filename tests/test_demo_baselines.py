@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from demo.baselines import Baselines, OnlineItemKNN, OwnTargets, SlidingPopularity, StreamingBM25, choose_window
+from demo.baselines import Baselines, OnlineItemKNN, OwnHistory, OwnTargets, SlidingPopularity, StreamingBM25, choose_window
 from demo.plots import prequential_charts
 from demo.prequential import Record, by_system, differences, summarize, versus_live
 from demo.report import Summary, VersionRow, markdown
@@ -88,13 +88,26 @@ def test_bm25_learns_tags_and_own_targets_come_first():
     assert top(own.scores(tag("v", "6", "heist"), []), ds) == "2"  # another user: BM25 only
 
 
+def test_own_history_puts_the_users_latest_interactions_first_then_bm25():
+    ds = world()
+    index = {item: row for row, item in enumerate(ds.items)}
+    bm25 = StreamingBM25(ds)
+    own = OwnHistory(bm25, index)
+    for e in (tag("a", "2", "heist"), tag("b", "2", "heist")):
+        bm25.learn(e)
+    scores = own.scores(tag("u", "6", "heist"), ["1", "3", "1", "5"])
+    order = [list(ds.items)[r] for r in np.argsort(-scores, kind="stable")]
+    assert order[:4] == ["5", "1", "3", "2"]  # most recent distinct first, then BM25's best
+    assert top(own.scores(tag("v", "6", "heist"), []), ds) == "2"  # no history: BM25 only
+
+
 def test_baselines_answer_every_asked_event_of_their_task():
     ds = world()
     baselines = Baselines(ds, window=10)
     baselines.learn([rate("a", "1"), rate("a", "2"), rate("b", "1"), tag("a", "3", "crime")])
     asked = [(rate("c", "1"), ["2"]), (tag("c", "3", "crime"), [])]
     rec, search = baselines.answer(asked)
-    assert set(rec) == {"popularity-window", "item-knn"} and set(search) == {"bm25", "own-targets+bm25"}
+    assert set(rec) == {"popularity-window", "item-knn"} and set(search) == {"bm25", "own-targets+bm25", "own-history+bm25"}
     assert rec["popularity-window"] == [1.0, 1.0]  # item 1 is the most popular
     assert search["bm25"][0] == 1.0 and all(0 <= v <= 1 for m in (*rec.values(), *search.values()) for v in m)
 
