@@ -9,6 +9,8 @@ validation cases."""
 
 from __future__ import annotations
 
+import itertools
+
 from typing import Sequence
 
 import numpy as np
@@ -62,7 +64,7 @@ class GenerativeSystem:
 
     def paper_parts(self, cases: Sequence[Case], candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact log-likelihoods (N, C) of the candidates' identifiers, and their history
-        features (N, C, 2)."""
+        features (N, C, 3)."""
         rows = self.map_rows[candidates]  # (N, C) map rows, -1 without an identifier
         codes = np.where(rows[..., None] >= 0, self.codes[rows.clip(min=0)], -1)  # (N, C, L)
         base = score_ids(self.gm.model, self.gm.vocab, self.task, self.sources(cases), codes)
@@ -82,33 +84,35 @@ class GenerativeSystem:
 
 SEARCH_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 INTERACTION_WEIGHTS = (-8.0, -2.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+RECENCY_WEIGHTS = (0.0, 1.0, 4.0, 16.0, 64.0, 256.0)
 
 
-def fit_prior(system: GenerativeSystem, cases: Sequence[Case], candidates: np.ndarray) -> tuple[tuple[float, float], dict]:
+def fit_prior(system: GenerativeSystem, cases: Sequence[Case], candidates: np.ndarray
+              ) -> tuple[tuple[float, float, float], dict]:
     """The history prior's weights for `system.task` with the best mean NDCG@10 over both
-    protocols on these (validation) cases -> ((w_search, w_interaction), report)."""
+    protocols on these (validation) cases -> ((w_search, w_interaction, w_recent), report)."""
     base, feats = system.paper_parts(cases, candidates)
-    lift_all = HistoryPrior(weights={system.task: (1.0, 1.0)})  # every item a weight could lift
+    lift_all = HistoryPrior(weights={system.task: (1.0, 1.0, 1.0)})  # every item a weight could lift
     rows, scores = system.full_parts(cases, lift_all)
     ids = system.renderer.idmap.item_ids
     full_feats = np.stack([row_features(c.history, row, ids) for c, row in zip(cases, rows)])
-    raw = scores - np.where(rows >= 0, full_feats @ np.array([1.0, 1.0]), 0.0)  # the likelihoods alone
+    raw = scores - np.where(rows >= 0, full_feats @ np.ones(3), 0.0)  # the likelihoods alone
     target = np.array([system.renderer.idmap.row(c.target) if c.target in system.renderer.idmap else -2 for c in cases])
     found = rows == target[:, None]  # (N, M)
     tried = []
-    for ws in SEARCH_WEIGHTS:
-        for wi in INTERACTION_WEIGHTS:
-            w = np.array([ws, wi])
-            paper = expected_metrics(*rank_counts(base + feats @ w, np.zeros(len(cases), np.int64)))["NDCG@10"]
-            full_scores = np.where(rows >= 0, raw + full_feats @ w, -np.inf)
-            full_scores = np.concatenate([full_scores, np.full((len(cases), 1), -np.inf)], 1)  # a column for "not found"
-            column = np.where(found.any(1), found.argmax(1), full_scores.shape[1] - 1)
-            better, tied = rank_counts(full_scores, column)
-            ndcg_full = np.where(found.any(1), expected_metrics(better, tied)["NDCG@10"], 0.0)
-            tried.append({"weights": [ws, wi], "paper_NDCG@10": float(paper.mean()), "full_NDCG@10": float(ndcg_full.mean())})
-    best = max(tried, key=lambda t: (t["paper_NDCG@10"] + t["full_NDCG@10"], -abs(t["weights"][0]) - abs(t["weights"][1])))
+    for weights in itertools.product(SEARCH_WEIGHTS, INTERACTION_WEIGHTS, RECENCY_WEIGHTS):
+        w = np.array(weights)
+        paper = expected_metrics(*rank_counts(base + feats @ w, np.zeros(len(cases), np.int64)))["NDCG@10"]
+        full_scores = np.where(rows >= 0, raw + full_feats @ w, -np.inf)
+        full_scores = np.concatenate([full_scores, np.full((len(cases), 1), -np.inf)], 1)  # a column for "not found"
+        column = np.where(found.any(1), found.argmax(1), full_scores.shape[1] - 1)
+        better, tied = rank_counts(full_scores, column)
+        ndcg_full = np.where(found.any(1), expected_metrics(better, tied)["NDCG@10"], 0.0)
+        tried.append({"weights": list(weights), "paper_NDCG@10": float(paper.mean()),
+                      "full_NDCG@10": float(ndcg_full.mean())})
+    best = max(tried, key=lambda t: (t["paper_NDCG@10"] + t["full_NDCG@10"], -sum(map(abs, t["weights"]))))
     return tuple(best["weights"]), {"task": system.task, "cases": len(cases), "chosen": best,
-                                    "without": next(t for t in tried if t["weights"] == [0.0, 0.0])}
+                                    "without": next(t for t in tried if not any(t["weights"]))}
 
 
 def fit_model_prior(gm: GenSARModel, renderer: Renderer, ds, split, max_cases: int = 200, seed: int = 0,

@@ -3,12 +3,15 @@
 People search again for what they searched before (MovieLens users re-tag a movie many
 times; shoppers re-find a product) and rarely consume the same item twice. The decoder
 sees the history but, on a few thousand searches and minutes of CPU training, learns to
-copy an earlier identifier only partly. So an item is scored as
+copy an earlier identifier only partly. MovieLens users also tag what they have just
+rated (in the default demo's stream 93% of the searched items are among the user's last
+10 events), which a count cannot tell from a rating of years ago: hence recency. So an item is scored as
 
     log p(id | history, query) + w_search(task) * log1p(times the user searched it)
                                + w_interaction(task) * log1p(times the user interacted with it)
+                               + w_recent(task) / (1 + events since the user's latest event with it)
 
-with two weights per task fitted on validation cases (evaluation.generative.fit_prior),
+with three weights per task fitted on validation cases (evaluation.generative.fit_prior),
 saved with the model and applied wherever it ranks items (evaluation, the learner's gate,
 serving). Zero weights (the default) leave the model's likelihood alone. The items it
 lifts are scored by the model like any other (model.generate.score_ids), so a searched
@@ -21,7 +24,7 @@ from collections import Counter
 from typing import Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from gensar.data import UserEvent
 from gensar.events import HistoryEntry
@@ -33,15 +36,22 @@ from model.tasks import item_and_query
 # lifted item is one more identifier to score exactly.
 LIFTED_SEARCHED = 30
 LIFTED_INTERACTED = 30
+LIFTED_RECENT = 10  # recency 1/(1 + d) is under 0.1 past the tenth latest event
 
 
 class HistoryPrior(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weights: dict[str, tuple[float, float]] = {}  # task -> (per searched, per interacted)
+    weights: dict[str, tuple[float, float, float]] = {}  # task -> (per searched, per interacted, recency)
 
-    def of(self, task: str) -> tuple[float, float]:
-        return self.weights.get(task, (0.0, 0.0))
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _no_recency_before(cls, weights: dict) -> dict:
+        """A model saved before the recency feature has two weights a task: recency 0."""
+        return {task: (*w, 0.0) if len(w) == 2 else w for task, w in weights.items()}
+
+    def of(self, task: str) -> tuple[float, float, float]:
+        return self.weights.get(task, (0.0, 0.0, 0.0))
 
 
 def counts(history: Sequence[UserEvent | HistoryEntry]) -> tuple[Counter, Counter]:
@@ -54,9 +64,13 @@ def counts(history: Sequence[UserEvent | HistoryEntry]) -> tuple[Counter, Counte
 
 
 def features(history: Sequence[UserEvent | HistoryEntry], item_ids: Sequence[str]) -> np.ndarray:
-    """(len(item_ids), 2) log1p of the search and interaction counts of each item."""
+    """(len(item_ids), 3): log1p of the search and interaction counts of each item, and its
+    recency 1 / (1 + events after the user's latest event with it), 0 when it has none."""
     searched, interacted = counts(history)
-    return np.log1p(np.array([[searched.get(i, 0), interacted.get(i, 0)] for i in item_ids], np.float64).reshape(-1, 2))
+    latest = {item_and_query(e)[0]: k for k, e in enumerate(history)}  # item -> its last position
+    return np.array([[np.log1p(searched.get(i, 0)), np.log1p(interacted.get(i, 0)),
+                      1.0 / (len(history) - latest[i]) if i in latest else 0.0] for i in item_ids],
+                    np.float64).reshape(-1, 3)
 
 
 def row_features(history: Sequence[UserEvent | HistoryEntry], rows: Sequence[int], item_ids: Sequence[str]
@@ -67,13 +81,15 @@ def row_features(history: Sequence[UserEvent | HistoryEntry], rows: Sequence[int
 
 def lifted(prior: HistoryPrior, task: str, history: Sequence[UserEvent | HistoryEntry]) -> list[str]:
     """The history items a positive weight can lift (a beam may not have reached them):
-    the most searched, then the most recently interacted."""
-    w_search, w_interaction = prior.of(task)
+    the most searched, then the most recently interacted, then the most recent of any kind."""
+    w_search, w_interaction, w_recent = prior.of(task)
     searched, interacted = counts(history)
     items = [i for i, _ in searched.most_common(LIFTED_SEARCHED)] if w_search > 0 else []
+    recent = list(dict.fromkeys(item_and_query(e)[0] for e in reversed(history)))
     if w_interaction > 0:
-        recent = [item_and_query(e)[0] for e in reversed(history)]
-        items += [i for i in dict.fromkeys(recent) if i in interacted][:LIFTED_INTERACTED]
+        items += [i for i in recent if i in interacted][:LIFTED_INTERACTED]
+    if w_recent > 0:
+        items += recent[:LIFTED_RECENT]
     return list(dict.fromkeys(items))
 
 

@@ -67,4 +67,4 @@ def test_a_catalogue_too_small_for_the_priors_negatives_is_bootstrapped_without_
     said = " ".join(done.output.split())
     assert "history prior for rec not fitted" in said and "eligible negatives" in said
     model = GenSARModel.load(Layout(tmp_path / "state", tmp_path / "artifacts", Layout.of().cache).base_model("base"))
-    assert "rec" not in model.prior.weights and model.prior.of("rec") == (0.0, 0.0)
+    assert "rec" not in model.prior.weights and model.prior.of("rec") == (0.0, 0.0, 0.0)

@@ -260,13 +260,14 @@ def test_the_history_prior_lifts_searched_items_and_scores_them_exactly(world):
     prefix = prefill(model, [source], vocab.pad_id)
     ranked = search(model, vocab, "search", prefix, few, np.zeros(1, np.int64), 4)
     row_of = {item: r for r, item in enumerate(idmap.item_ids)}
-    prior = HistoryPrior(weights={"search": (3.0, -1.0)})
+    prior = HistoryPrior(weights={"search": (3.0, -1.0)})  # saved before recency: its weight is 0
+    assert prior.of("search") == (3.0, -1.0, 0.0)
     rows, scores = rank_with_history(lambda codes: score(model, vocab, "search", prefix, codes), "search", [history],
                                      ranked.rows, ranked.scores, idmap.search_codes, idmap.item_ids, row_of, prior)
     assert 77 in rows[0] and set(ranked.rows[0]) <= set(rows[0])  # lifted, nothing dropped
     assert (np.diff(scores[0][np.isfinite(scores[0])]) <= 1e-9).all()  # best first
     exact = score_ids(model, vocab, "search", [source], idmap.search_codes[rows[0]][None])[0]
-    bonus = features(history, [idmap.item_ids[r] for r in rows[0]]) @ np.array([3.0, -1.0])
+    bonus = features(history, [idmap.item_ids[r] for r in rows[0]]) @ np.array([3.0, -1.0, 0.0])
     assert np.allclose(scores[0], exact + bonus, atol=1e-4)
     assert bonus[list(rows[0]).index(77)] == pytest.approx(3.0 * np.log(3))  # searched twice
     # zero weights change nothing, and lift nothing
@@ -274,6 +275,18 @@ def test_the_history_prior_lifts_searched_items_and_scores_them_exactly(world):
                                                "search", [history], ranked.rows, ranked.scores, idmap.search_codes,
                                                idmap.item_ids, row_of, HistoryPrior())
     assert (same_rows == ranked.rows).all() and np.allclose(same_scores, ranked.scores)
+
+
+def test_the_history_prior_weighs_recency_and_lifts_the_latest_items():
+    from gensar.events import HistoryEntry
+    from model.history import HistoryPrior, features, lifted
+
+    history = [HistoryEntry(item_id="77", query="oscar", timestamp=1), HistoryEntry(item_id="5", timestamp=2),
+               HistoryEntry(item_id="77", query="x", timestamp=3), HistoryEntry(item_id="9", timestamp=4)]
+    recency = features(history, ["9", "77", "5", "unseen"])[:, 2]
+    assert recency.tolist() == [1.0, 0.5, 1 / 3, 0.0]  # 1 / (1 + events after the item's latest)
+    assert lifted(HistoryPrior(weights={"search": (0.0, 0.0, 1.0)}), "search", history) == ["9", "77", "5"]
+    assert lifted(HistoryPrior(weights={"search": (1.0, 0.0, 0.0)}), "search", history) == ["77"]
 
 
 def test_history_events_can_carry_both_identifiers(world):
