@@ -4,8 +4,9 @@ production until the first promoted adapter that was trained on it.
 Everything is real and on loopback: a Kafka broker (KRaft), one stream worker process
 (`python -m streams run`), and the learner as `python -m cli.main learner` on its own
 local Ray cluster, with `LearnerSettings` defaults (refresh every 2,000 samples, or every
-300 s with at least 200; window 4,096, replay 8,192, hold-out 0.15, 2 epochs; the
-collaborative updater too when the learner has one). `--epochs` overrides only the
+300 s with at least 200; window 4,096, replay 8,192, hold-out 0.15, 3 epochs of 512-token
+batches, the results file records which; the collaborative updater too when the learner
+has one). `--epochs` overrides only the
 refresh's training epochs (a `--quick`-style run); the schedule always stays at its
 defaults. The world is the demo's quick bootstrap (`demo.bootstrap`, in a temporary state
 directory): the `--items` most active items of the bundled data, an identifier map and a
