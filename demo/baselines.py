@@ -6,11 +6,12 @@ same events in the same order as the live system and answer the same cases.
                        (evaluation.baselines.ItemKNN's similarity), kept up to date per event
     bm25               search: BM25 over item text with the tags seen so far
     own-targets+bm25   search: the user's own earlier search targets first, then that BM25
-    own-history+bm25   search: the user's own interactions first, the most recent first,
-                       then that BM25 (MovieLens users tag what they have just rated)
+    own-history+bm25   search: the items of the user's own history first, the most recent
+                       first, then that BM25 (MovieLens users tag what they have just rated)
 
-Each gives a score per catalogue item; `Baselines.answer` turns them into the same
-tie-aware HR@10 / NDCG@10 (evaluation.metrics) that the live and frozen answers get. They
+Each is asked with the items of the history the models get (`Histories.items_of`: the
+item of an interaction, the clicked item of a search) and gives a score per catalogue
+item; `Baselines.answer` turns them into the same tie-aware HR@10 / NDCG@10 (evaluation.metrics) that the live and frozen answers get. They
 learn only after they answered: `learn` is called with a chunk once it was predicted,
 as the live system learns from it once it is produced.
 """
@@ -130,7 +131,8 @@ class OwnTargets:
 
 
 class OwnHistory:
-    """The user's own interactions first, the most recent first, then the streaming BM25:
+    """The items of the user's own history (interactions, and the items of searches), the
+    most recent first, then the streaming BM25:
     on MovieLens a tag is mostly applied to a movie the user has just rated (in the default
     demo 93% of the searched items are among the user's last 10 events)."""
 

@@ -69,7 +69,7 @@ HistoryItem = str | dict  # an interaction's item id, or a search's {"item_id", 
 class Histories:
     """Every user's events so far, oldest first, as the stream workers keep them (a search
     as its query and first clicked item: streams.state.merged_history): what the models are
-    given. The baselines read the interactions (`items_of`)."""
+    given. The baselines read the same entries' items (`items_of`)."""
 
     def __init__(self, events: list[UserEvent] = ()):
         self.entries: dict[str, list[HistoryItem]] = defaultdict(list)
@@ -86,7 +86,8 @@ class Histories:
         return self.entries.get(user_id, [])[-HISTORY:]
 
     def items_of(self, user_id: str) -> list[str]:
-        return [e for e in self.entries.get(user_id, []) if isinstance(e, str)][-HISTORY:]
+        """The items of `of(user_id)`: an interaction's, a search's clicked one."""
+        return [e if isinstance(e, str) else e["item_id"] for e in self.of(user_id)]
 
 
 def frozen_engine(layout: Layout, data_dir: Path, base_name: str) -> Engine:
@@ -143,14 +144,14 @@ class Evaluator:
                     ranked[i] = [item.id for item in answer.items]
         return ranked
 
-    def predict(self, asked: list[tuple[UserEvent, list[HistoryItem]]], interactions: list[list[str]],
+    def predict(self, asked: list[tuple[UserEvent, list[HistoryItem]]], items: list[list[str]],
                 now: float, seen: set[str] = frozenset()) -> list[Record]:
         """`asked`: events, each with the user's history before it (`Histories.of`), for the
-        models; `interactions`: the same users' interacted items (`Histories.items_of`), for
+        models; `items`: the items of those histories (`Histories.items_of`), for
         the baselines; `seen`: the items the bootstrap has (any other target is new)."""
         live = [self.pool.submit(self.ask_live, event, history) for event, history in asked]
         frozen = self.ask_frozen(asked)
-        baselines = self.baselines.answer([(event, items) for (event, _), items in zip(asked, interactions)])
+        baselines = self.baselines.answer([(event, mine) for (event, _), mine in zip(asked, items)])
         records = []
         for (event, _), answer, frozen_ranked, others in zip(asked, (f.result() for f in live), frozen, baselines):
             target = target_item(event)

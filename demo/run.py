@@ -148,13 +148,13 @@ def run_demo(source: Path, root: Path, settings: DemoSettings, log=print,
                 if (wait := clock0 + (chunk[0].timestamp - first_ts) / speed - time.monotonic()) > 0:
                     time.sleep(wait)  # the accelerated clock: never ahead of event time
                 versions.poll()
-                asked, interactions = [], []
+                asked, items = [], []
                 for i, event in enumerate(chunk, start=done):
                     if event.type == "search" or i % settings.eval_every == 0:  # searches are rare: all
                         asked.append((event, histories.of(event.user_id)))
-                        interactions.append(histories.items_of(event.user_id))
+                        items.append(histories.items_of(event.user_id))
                     histories.add(event)
-                evaluator.predict(asked, interactions, time.time(), bootstrap_items)  # test ...
+                evaluator.predict(asked, items, time.time(), bootstrap_items)  # test ...
                 replay(chunk, stack.kafka, producer=producer, progress=False)  # ... then train
                 evaluator.learn(chunk)  # (the baselines)
                 done += len(chunk)

@@ -117,7 +117,8 @@ def test_histories_keep_both_kinds_as_the_stream_workers_do(bundled_data):
                 for e in mine]
     assert histories.entries[user] == expected and any(isinstance(e, dict) for e in expected)
     assert histories.of(user) == expected[-50:]
-    assert histories.items_of(user) == [e.item_id for e in mine if e.type == "interaction"][-50:]
+    assert histories.items_of(user) == [e.item_id if e.type == "interaction" else e.clicked_items[0]
+                                        for e in mine][-50:]
 
 
 def test_slice_round_trips_through_the_movielens_layout(bundled_data, tmp_path):
