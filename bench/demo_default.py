@@ -3,7 +3,8 @@
     python -m bench.demo_default --seed 0 --state-dir /tmp/demo-s0   # runs `gensar demo` there
                                                                     # unless it has a report
 
-Writes bench/results/demo_default_seed<N>.json and .md: per task n, HR@10 and NDCG@10 of
+Writes bench/results/demo_default_seed<N>.json and .md (and the report's two charts as
+demo_default_seed<N>_<task>.png): per task n, HR@10 and NDCG@10 of
 `live`, `frozen` and every streaming baseline, and live minus each other system with its
 paired 95% bootstrap interval (all from the demo's report/summary.json); the new-item
 table; the versions the gate decided; freshness; wall time and the machine. The state
@@ -18,8 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.output import write_results
+from bench.output import RESULTS, write_results
 from demo.settings import FULL
+from gensar.artifacts import write_file
 from gensar.machine import machine
 
 
@@ -67,6 +69,9 @@ def main() -> None:
                         "--seed", str(args.seed)], check=True)
     r = results(args.state_dir, args.seed)
     write_results(f"demo_default_seed{args.seed}", r, markdown(r))
+    for task in ("search", "rec"):  # the report's prequential charts, for the README
+        write_file(RESULTS / f"demo_default_seed{args.seed}_{task}.png",
+                   (args.state_dir / "demo" / "report" / f"{task}.png").read_bytes())
     print("\n".join(markdown(r)))
 
 
