@@ -5,7 +5,8 @@ times; shoppers re-find a product) and rarely consume the same item twice. The d
 sees the history but, on a few thousand searches and minutes of CPU training, learns to
 copy an earlier identifier only partly. MovieLens users also tag what they have just
 rated (in the default demo's stream 93% of the searched items are among the user's last
-10 events), which a count cannot tell from a rating of years ago: hence recency. So an item is scored as
+10 events), which a count cannot tell from a rating of years ago: hence recency. So an
+item is scored as
 
     log p(id | history, query) + w_search(task) * log1p(times the user searched it)
                                + w_interaction(task) * log1p(times the user interacted with it)
