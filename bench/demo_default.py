@@ -20,18 +20,17 @@ import sys
 from pathlib import Path
 
 from bench.output import RESULTS, write_results
-from demo.settings import FULL
+from demo.settings import FULL, DemoSettings
 from gensar.artifacts import write_file
 from gensar.machine import machine
 
 
 def results(state_dir: Path, seed: int) -> dict:
     demo = state_dir / "demo"
-    settings = json.loads((demo / "settings.json").read_text())
-    expected = json.loads(FULL.model_copy(update={"seed": seed}).model_dump_json())
-    if settings != expected:
-        differs = sorted(k for k in expected if settings.get(k) != expected[k])
-        raise SystemExit(f"{demo / 'settings.json'} is not the default profile with seed {seed}: {differs}")
+    made_with = DemoSettings.model_validate_json((demo / "settings.json").read_text())
+    if changed := made_with.changes_to(FULL.model_copy(update={"seed": seed})):
+        listed = ", ".join(f"{k} {ran!r} (default {default!r})" for k, (ran, default) in changed.items())
+        raise SystemExit(f"{demo / 'settings.json'} is not the default profile with seed {seed}: {listed}")
     summary = json.loads((demo / "report" / "summary.json").read_text())
     versions = summary["versions"]
     return {"seed": seed, "date": summary["date"], "wall_seconds": summary["wall_seconds"], "machine": machine(),

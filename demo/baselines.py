@@ -11,9 +11,10 @@ same events in the same order as the live system and answer the same cases.
 
 Each is asked with the items of the history the models get (`Histories.items_of`: the
 item of an interaction, the clicked item of a search) and gives a score per catalogue
-item; `Baselines.answer` turns them into the same tie-aware HR@10 / NDCG@10 (evaluation.metrics) that the live and frozen answers get. They
-learn only after they answered: `learn` is called with a chunk once it was predicted,
-as the live system learns from it once it is produced.
+item; `Baselines.answer` turns them into the same tie-aware HR@10 / NDCG@10
+(evaluation.metrics) that the live and frozen answers get. They learn only after they
+answered: `learn` is called with a chunk once it was predicted, as the live system learns
+from it once it is produced.
 """
 
 from __future__ import annotations

@@ -90,8 +90,7 @@ class StateMismatch(ValueError):
 def check_resumable(path: Path, settings: DemoSettings) -> None:
     """Record the settings a state directory is made with; refuse to resume it with others."""
     if path.exists():
-        made_with = DemoSettings.model_validate_json(path.read_text())
-        changed = {k: (v, getattr(settings, k)) for k, v in made_with if getattr(settings, k) != v}
+        changed = DemoSettings.model_validate_json(path.read_text()).changes_to(settings)
         if changed:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise StateMismatch(f"{path.parent.parent} was made with other demo settings ({listed}): "

@@ -33,6 +33,10 @@ class DemoSettings(BaseModel):
     qdrant: bool = True  # write the item vectors to embedded Qdrant (minutes on 2 cores)
     seed: int = 0  # the identifiers', the base model's and the learner's random draws
 
+    def changes_to(self, other: "DemoSettings") -> dict[str, tuple]:
+        """The settings `other` sets differently: name -> (this value, other's)."""
+        return {k: (v, getattr(other, k)) for k, v in self if getattr(other, k) != v}
+
 
 # The whole rest after the 70% cut (26,929 events of the 3,000 most active items, 1,618 of them
 # real tag searches, most in its second half: MovieLens tags are sparse and bursty), every 20th

@@ -99,13 +99,13 @@ def fit_prior(system: GenerativeSystem, cases: Sequence[Case], candidates: np.nd
     raw = scores - np.where(rows >= 0, full_feats @ np.ones(3), 0.0)  # the likelihoods alone
     target = np.array([system.renderer.idmap.row(c.target) if c.target in system.renderer.idmap else -2 for c in cases])
     found = rows == target[:, None]  # (N, M)
+    not_found = np.full((len(cases), 1), -np.inf)  # a last column for "not found"
+    column = np.where(found.any(1), found.argmax(1), rows.shape[1])  # (N,) the target's column, or that one
     tried = []
     for weights in itertools.product(SEARCH_WEIGHTS, INTERACTION_WEIGHTS, RECENCY_WEIGHTS):
         w = np.array(weights)
         paper = expected_metrics(*rank_counts(base + feats @ w, np.zeros(len(cases), np.int64)))["NDCG@10"]
-        full_scores = np.where(rows >= 0, raw + full_feats @ w, -np.inf)
-        full_scores = np.concatenate([full_scores, np.full((len(cases), 1), -np.inf)], 1)  # a column for "not found"
-        column = np.where(found.any(1), found.argmax(1), full_scores.shape[1] - 1)
+        full_scores = np.concatenate([np.where(rows >= 0, raw + full_feats @ w, -np.inf), not_found], 1)
         better, tied = rank_counts(full_scores, column)
         ndcg_full = np.where(found.any(1), expected_metrics(better, tied)["NDCG@10"], 0.0)
         tried.append({"weights": list(weights), "paper_NDCG@10": float(paper.mean()),
