@@ -29,6 +29,7 @@ class VersionRow(BaseModel):
     gate_outcome: str | None = None  # which case of learner.refresh.gate decided (None: never gated)
     gate_tasks: dict[str, dict] = {}  # task -> n, verdict, candidate - serving and its paired 95% interval
     freshness_s: float | None = None  # newest event learned from -> started serving
+    prior: dict | None = None  # the history prior it serves with (learner.registry.PriorRecord); None: the base's
     decided_at: float | None = None  # wall time of the registry's decision
 
 
@@ -68,7 +69,8 @@ class Summary(BaseModel):
                                    reason=decision.reason, samples=manifest.window.samples, gate=manifest.metrics,
                                    gate_outcome=gated.outcome if gated else None,
                                    gate_tasks={t: c.model_dump() for t, c in gated.tasks.items()} if gated else {},
-                                   freshness_s=lag, decided_at=decision.timestamp))
+                                   freshness_s=lag, prior=manifest.prior.model_dump() if manifest.prior else None,
+                                   decided_at=decision.timestamp))
         lags = [r.freshness_s for r in rows if r.freshness_s is not None]
         promoted = sum(1 for d in registry.decisions() if d.status == "promoted")
         return cls(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), wall_seconds=wall_seconds,
@@ -161,13 +163,24 @@ def markdown(summary: Summary) -> str:
     lines += ["", f"Freshness p50 (newest learned event -> serving): {fresh}. Adapters served: "
               f"{', '.join(summary.served_adapters) or 'none'}.", "", "## Versions and gate decisions", "",
               "gate: the case of the gate that decided (learner.refresh.gate); the reason gives candidate - "
-              "serving HR@10 with its paired 95% interval per task.", "",
-              *md_table(("version", "task", "status", "samples", "freshness s", "gate", "reason"),
+              "serving HR@10 with its paired 95% interval per task. prior: the history prior's weights per "
+              "task (per searched, per interacted, recency), refitted on that many stream cases (kept: too "
+              "few, the serving version's).", "",
+              *md_table(("version", "task", "status", "samples", "freshness s", "gate", "prior", "reason"),
                         [[v.version, v.task, v.status, str(v.samples),
                           f"{v.freshness_s:.1f}" if v.freshness_s is not None else "-", v.gate_outcome or "-",
-                          v.reason] for v in summary.versions]),
+                          prior_cell(v.prior), v.reason] for v in summary.versions]),
               "", "## Prequential HR@10 over the replay", "", "![search](search.png)", "", "![rec](rec.png)", ""]
     return "\n".join(lines)
+
+
+def prior_cell(prior: dict | None) -> str:
+    """"search (4, 2, 256) on 600; rec ..." for a version's PriorRecord."""
+    if prior is None:
+        return "base"
+    return "; ".join(f"{task} ({', '.join(f'{w:g}' for w in weights)}) "
+                     + (f"on {prior['cases'][task]}" if prior["cases"].get(task) else "kept")
+                     for task, weights in sorted(prior["weights"].items()))
 
 
 def write_report(directory: Path, summary: Summary, records: list[Record]) -> Path:

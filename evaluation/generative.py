@@ -10,7 +10,7 @@ validation cases."""
 from __future__ import annotations
 
 import itertools
-
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -87,32 +87,79 @@ INTERACTION_WEIGHTS = (-8.0, -2.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 RECENCY_WEIGHTS = (0.0, 1.0, 4.0, 16.0, 64.0, 256.0)
 
 
-def fit_prior(system: GenerativeSystem, cases: Sequence[Case], candidates: np.ndarray
-              ) -> tuple[tuple[float, float, float], dict]:
-    """The history prior's weights for `system.task` with the best mean NDCG@10 over both
-    protocols on these (validation) cases -> ((w_search, w_interaction, w_recent), report)."""
-    base, feats = system.paper_parts(cases, candidates)
-    lift_all = HistoryPrior(weights={system.task: (1.0, 1.0, 1.0)})  # every item a weight could lift
-    rows, scores = system.full_parts(cases, lift_all)
+@dataclass(frozen=True)
+class PriorEvidence:
+    """What the history prior's weights are chosen from, per case, under both protocols:
+    the model's log-likelihoods and the history features of the items it ranks. Computed
+    once by a model that has not trained on the cases; `fit_weights` then tries every
+    weight without scoring again, and the learner pools the evidence of several refreshes."""
+
+    paper: np.ndarray  # (N, C) log-likelihoods of each case's candidates, the true item in column 0
+    paper_features: np.ndarray  # (N, C, 3) their history features (model.history.features)
+    full: np.ndarray  # (N, M) the beam's and the lifted items' log-likelihoods alone, -inf past the last
+    full_features: np.ndarray  # (N, M, 3)
+    target_column: np.ndarray  # (N,) the true item's column in `full`, M where neither reached it
+
+    def __len__(self) -> int:
+        return len(self.paper)
+
+    @staticmethod
+    def join(parts: Sequence[PriorEvidence]) -> PriorEvidence:
+        """The cases of every part, in order (`full` padded to the widest part; a target
+        not reached keeps pointing past the last column)."""
+        width = max(p.full.shape[1] for p in parts)
+        pad = lambda a, value: np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
+                                      constant_values=value)
+        return PriorEvidence(
+            np.concatenate([p.paper for p in parts]), np.concatenate([p.paper_features for p in parts]),
+            np.concatenate([pad(p.full, -np.inf) for p in parts]), np.concatenate([pad(p.full_features, 0.0) for p in parts]),
+            np.concatenate([np.where(p.target_column == p.full.shape[1], width, p.target_column) for p in parts]))
+
+    def newest(self, n: int) -> PriorEvidence:
+        """The last `n` cases."""
+        return PriorEvidence(*(a[-n:] for a in (self.paper, self.paper_features, self.full, self.full_features,
+                                                 self.target_column)))
+
+
+def prior_evidence(system: GenerativeSystem, cases: Sequence[Case], candidates: np.ndarray) -> PriorEvidence:
+    """`system`'s evidence on these cases (candidates (N, C), the true item in column 0),
+    with every item some positive weight could lift."""
+    paper, paper_features = system.paper_parts(cases, candidates)
+    rows, scores = system.full_parts(cases, HistoryPrior(weights={system.task: (1.0, 1.0, 1.0)}))
     ids = system.renderer.idmap.item_ids
-    full_feats = np.stack([row_features(c.history, row, ids) for c, row in zip(cases, rows)])
-    raw = scores - np.where(rows >= 0, full_feats @ np.ones(3), 0.0)  # the likelihoods alone
+    full_features = np.stack([row_features(c.history, row, ids) for c, row in zip(cases, rows)])
+    full = np.where(rows >= 0, scores - full_features @ np.ones(3), -np.inf)  # the likelihoods alone
     target = np.array([system.renderer.idmap.row(c.target) if c.target in system.renderer.idmap else -2 for c in cases])
     found = rows == target[:, None]  # (N, M)
-    not_found = np.full((len(cases), 1), -np.inf)  # a last column for "not found"
-    column = np.where(found.any(1), found.argmax(1), rows.shape[1])  # (N,) the target's column, or that one
+    column = np.where(found.any(1), found.argmax(1), rows.shape[1])
+    return PriorEvidence(paper, paper_features, full, full_features, column)
+
+
+def fit_weights(evidence: PriorEvidence) -> tuple[tuple[float, float, float], dict]:
+    """The weights with the best mean NDCG@10 over both protocols on this evidence ->
+    ((w_search, w_interaction, w_recent), report); ties go to the smallest weights."""
+    found = evidence.target_column < evidence.full.shape[1]
+    not_found = np.full((len(evidence), 1), -np.inf)  # a last column for "not found"
     tried = []
     for weights in itertools.product(SEARCH_WEIGHTS, INTERACTION_WEIGHTS, RECENCY_WEIGHTS):
         w = np.array(weights)
-        paper = expected_metrics(*rank_counts(base + feats @ w, np.zeros(len(cases), np.int64)))["NDCG@10"]
-        full_scores = np.concatenate([np.where(rows >= 0, raw + full_feats @ w, -np.inf), not_found], 1)
-        better, tied = rank_counts(full_scores, column)
-        ndcg_full = np.where(found.any(1), expected_metrics(better, tied)["NDCG@10"], 0.0)
+        paper_scores = evidence.paper + evidence.paper_features @ w
+        paper = expected_metrics(*rank_counts(paper_scores, np.zeros(len(evidence), np.int64)))["NDCG@10"]
+        full_scores = np.concatenate([evidence.full + evidence.full_features @ w, not_found], 1)
+        ndcg_full = np.where(found, expected_metrics(*rank_counts(full_scores, evidence.target_column))["NDCG@10"], 0.0)
         tried.append({"weights": list(weights), "paper_NDCG@10": float(paper.mean()),
                       "full_NDCG@10": float(ndcg_full.mean())})
     best = max(tried, key=lambda t: (t["paper_NDCG@10"] + t["full_NDCG@10"], -sum(map(abs, t["weights"]))))
-    return tuple(best["weights"]), {"task": system.task, "cases": len(cases), "chosen": best,
+    return tuple(best["weights"]), {"cases": len(evidence), "chosen": best,
                                     "without": next(t for t in tried if not any(t["weights"]))}
+
+
+def fit_prior(system: GenerativeSystem, cases: Sequence[Case], candidates: np.ndarray
+              ) -> tuple[tuple[float, float, float], dict]:
+    """The history prior's weights for `system.task` on these (validation) cases ->
+    ((w_search, w_interaction, w_recent), report)."""
+    weights, report = fit_weights(prior_evidence(system, cases, candidates))
+    return weights, {"task": system.task, **report}
 
 
 def fit_model_prior(gm: GenSARModel, renderer: Renderer, ds, split, max_cases: int = 200, seed: int = 0,

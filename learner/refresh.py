@@ -4,6 +4,7 @@
                     │                        ├─▶ user sequences ─▶ tune (LoRA) ─▶ candidate
     replay draw ────┼────────────────────────┘
                     └─ newest holdout ─▶ evaluate candidate AND serving version ─▶ gate
+    training part ─▶ scored by the serving version ─▶ prior pool ─▶ the candidate's prior weights
 
 The trained samples are rendered as the base model was trained (model.tasks.Renderer.
 stream_windows): one sequence per user in event order, the samples' events the targets,
@@ -17,6 +18,12 @@ with too few cases, and a candidate it cannot tell apart from serving is promote
 it is fresher and not worse. The comparison and the case that decided are in the version's
 manifest (`Manifest.gate`); a candidate whose loss went non-finite, or that the gate does
 not promote, is published as rejected with the reason.
+
+The candidate ranks with a history prior (model.history) refitted on the stream
+(`PriorPool`): the bootstrap fits its weights on a few dozen held-out searches, the stream
+brings hundreds, each scored by the version serving when it arrived, before any version
+trained on it. The weights are in the manifest (`Manifest.prior`) and serving reads them
+with the adapter; the gate compares the candidate with its prior against serving with its.
 
 Identifier maps: with a map store, each refresh trains against the LATEST map version
 (the collaborative updater's, learner.collaborative), and the serving version is scored
@@ -38,15 +45,16 @@ import torch
 import transformers
 
 from evaluation.baselines import BM25Search
-from evaluation.generative import GenerativeSystem
+from evaluation.generative import GenerativeSystem, PriorEvidence, fit_weights, prior_evidence
 from evaluation.metrics import expected_metrics, rank_counts, summarize as bootstrap
 from evaluation.protocols import Case, paper_candidates
 from gensar.events import ModelVersion, TrainingSample
 from identifiers.idmap import MapStore
 from learner.lora import NonFiniteLoss, merged, save_adapter, tune
-from learner.registry import GateRecord, Manifest, Registry, TaskComparison, TrainingWindow
+from learner.registry import GateRecord, Manifest, PriorRecord, Registry, TaskComparison, TrainingWindow
 from learner.settings import LearnerSettings
 from model.artifact import GenSARModel
+from model.history import HistoryPrior
 from model.tasks import Renderer
 from model.train import TrainSettings
 from model.vocab import IdLayout
@@ -165,6 +173,48 @@ def gate(candidate: dict[str, dict[str, np.ndarray]], serving: dict[str, dict[st
                       fresher=fresher, tasks=tasks)
 
 
+# --- the history prior, refitted on the stream ------------------------------------------------
+
+
+class PriorPool:
+    """The evidence the history prior's weights are refitted on (evaluation.generative.
+    PriorEvidence), pooled over refreshes: each refresh's training samples are scored by the
+    version serving when they arrived, which had not trained on them, so the weights are
+    chosen on cases no scoring model saw (prequential, like the demo's own evaluation), and
+    never on the gate's held-out slice. In memory: a restarted learner starts an empty pool,
+    and versions keep their parent's weights until it holds `min_cases` again."""
+
+    def __init__(self, size: int, per_refresh: int, min_cases: int):
+        self.size, self.per_refresh, self.min_cases = size, per_refresh, min_cases
+        self.evidence: dict[str, PriorEvidence] = {}  # task -> the newest `size` cases, oldest first
+        self.pooled: set[str] = set()  # sample ids scored already: a retried refresh adds nothing twice
+
+    def add(self, samples: list[TrainingSample], item_ids: list[str], item_text: dict[str, str], negatives: int,
+            serving: GenSARModel, renderer: Renderer, seed: int) -> None:
+        """Score the newest `per_refresh` samples per task with `serving` and pool them."""
+        fresh = [s for s in samples if s.event_id not in self.pooled]
+        newest = [s for task in ("search", "rec") for s in [s for s in fresh if s.task == task][-self.per_refresh:]]
+        self.pooled.update(s.event_id for s in fresh)
+        cases = GateCases(newest, item_ids, item_text, negatives, seed)
+        for task, (task_cases, candidates) in cases.by_task.items():
+            system = GenerativeSystem(f"prior-{task}", task, serving, renderer, cases.item_index)
+            found = prior_evidence(system, task_cases, candidates)
+            pooled = [self.evidence[task], found] if task in self.evidence else [found]
+            self.evidence[task] = PriorEvidence.join(pooled).newest(self.size)
+
+    def refit(self, serving: HistoryPrior) -> PriorRecord:
+        """Per task, the weights that rank the pooled cases best, or `serving`'s where the
+        pool holds fewer than `min_cases`."""
+        weights, cases = dict(serving.weights), {}
+        for task in ("search", "rec"):
+            pooled = self.evidence.get(task)
+            enough = pooled is not None and len(pooled) >= self.min_cases
+            if enough:
+                weights[task] = fit_weights(pooled)[0]
+            cases[task] = len(pooled) if enough else 0
+        return PriorRecord(weights=weights, cases=cases)
+
+
 # --- one refresh -------------------------------------------------------------------------------
 
 
@@ -178,6 +228,8 @@ class Refresher:
         self.registry, self.settings, self.task, self.maps = registry, settings, task, maps
         self.renderer = renderer  # over the map the next refresh trains against
         self._renderers = {renderer.idmap.version: renderer}
+        self.prior_pool = PriorPool(settings.prior_pool, settings.prior_cases, settings.prior_min_cases) \
+            if settings.prior_pool else None
 
     def renderer_for(self, version: str) -> Renderer:
         """The renderer over map `version`: the base's, the latest, or a serving version's."""
@@ -221,14 +273,20 @@ class Refresher:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             parent_dir = self.registry.fetch(parent, Path(tmp) / "parent")[1] if parent else None
-            serving = self.base if parent_dir is None else self._with(merged(self.base.model, parent_dir),
-                                                                      serving_renderer.idmap)
+            serving = self.base if parent_dir is None else self._with(
+                merged(self.base.model, parent_dir), serving_renderer.idmap, self.prior_of(parent))
+            prior = None
+            if self.prior_pool is not None:  # before training: serving has not seen these samples
+                self.prior_pool.add(train_part, both_maps, self.renderer.item_text, settings.gate_negatives, serving,
+                                    serving_renderer, settings.seed)
+                prior = self.prior_pool.refit(serving.prior)
             adapter_dir, scores, report, verdict, failure = Path(tmp) / "adapter", {}, None, None, ""
             try:
                 adapted, report = tune(self.base.model, sequences, self.base.vocab, train_settings,
                                        settings.lora, init_adapter=parent_dir)
                 save_adapter(adapted, adapter_dir)
-                candidate = self._with(adapted.merge_and_unload().eval(), self.renderer.idmap)
+                candidate = self._with(adapted.merge_and_unload().eval(), self.renderer.idmap,
+                                       HistoryPrior(weights=prior.weights) if prior else serving.prior)
                 scores = {who: evaluate(gm, renderer, held_out)
                           for who, gm, renderer in (("candidate", candidate, self.renderer),
                                                     ("serving", serving, serving_renderer))}
@@ -242,7 +300,7 @@ class Refresher:
                 version=version, parent=parent, task=self.task, base_model=self.base_name,
                 idmap_version=self.renderer.idmap.version, window=window,
                 metrics={f"{who}:{task}": values for who, per_task in scores.items()
-                         for task, values in means(per_task).items()}, gate=verdict,
+                         for task, values in means(per_task).items()}, gate=verdict, prior=prior,
                 libraries={"peft": peft.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
                 refresh_seconds=time.perf_counter() - started, train_loss=report.losses if report else [])
             self.registry.publish(adapter_dir, manifest)
@@ -260,7 +318,13 @@ class Refresher:
         served = self.registry.manifest(parent).window.last_event_time if parent else None
         return served is None or window.last_event_time > served
 
-    def _with(self, model, idmap) -> GenSARModel:
-        """The base model's artifact with other weights, for the map they were trained on."""
+    def prior_of(self, version: str) -> HistoryPrior:
+        """The history prior `version` serves with: its manifest's, or the base model's."""
+        record = self.registry.manifest(version).prior
+        return HistoryPrior(weights=record.weights) if record else self.base.prior
+
+    def _with(self, model, idmap, prior: HistoryPrior) -> GenSARModel:
+        """The base model's artifact with other weights, for the map they were trained on,
+        ranking with `prior`."""
         return dataclasses.replace(self.base, model=model, idmap_version=idmap.version,
-                                   idmap_fingerprint=idmap.fingerprint())
+                                   idmap_fingerprint=idmap.fingerprint(), prior=prior)

@@ -63,6 +63,17 @@ class GateRecord(BaseModel):
     tasks: dict[str, TaskComparison]
 
 
+class PriorRecord(BaseModel):
+    """The history prior a version serves with (model.history.HistoryPrior's weights) and
+    how many stream cases each task's weights were fitted on (learner.refresh.PriorPool;
+    0: too few, the serving version's weights kept)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: dict[str, tuple[float, float, float]]  # task -> (per searched, per interacted, recency)
+    cases: dict[str, int] = {}
+
+
 class Manifest(BaseModel):
     """What an adapter is: enough to load it, trust it and explain it."""
 
@@ -76,6 +87,7 @@ class Manifest(BaseModel):
     window: TrainingWindow
     metrics: dict[str, dict[str, float]] = {}  # "candidate:<task>" / "serving:<task>" -> n and metric means
     gate: GateRecord | None = None  # None: never gated (e.g. a non-finite loss)
+    prior: PriorRecord | None = None  # None: the base model's prior
     libraries: dict[str, str] = {}  # e.g. peft, transformers, torch versions
     refresh_seconds: float | None = None
     train_loss: list[float] = []  # mean loss per logging window of the refresh

@@ -72,6 +72,14 @@ class LearnerSettings(StrictSettings):
     gate_margin: float = Field(0.02, ge=0)
     gate_negatives: int = Field(99, ge=1)
     gate_min_cases: int = Field(100, ge=1)
+    # History prior (model.history): each refresh scores up to `prior_cases` of its newest
+    # training samples per task with the serving version, which has not trained on them,
+    # and refits the candidate's prior weights on the newest `prior_pool` cases scored so
+    # far; a task with fewer than `prior_min_cases` keeps the serving version's weights.
+    # The bootstrap fits them on a few dozen held-out searches; the stream brings more.
+    prior_pool: int = Field(1000, ge=0)  # 0: never refitted, every version keeps the base model's prior
+    prior_cases: int = Field(150, ge=1)
+    prior_min_cases: int = Field(100, ge=1)
     adapters: Literal["joint", "per-task"] = "joint"
     lora: LoraSettings = LoraSettings()
     training: RefreshTraining = RefreshTraining()

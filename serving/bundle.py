@@ -56,7 +56,7 @@ class Bundle:
     renderer: Renderer
     constraints: dict[str, PrefixConstraint]  # task -> trie; group 0 all items, group g: genre g
     genre_group: dict[str, int]
-    prior: HistoryPrior = field(default_factory=HistoryPrior)  # the base model's (model.history)
+    prior: HistoryPrior = field(default_factory=HistoryPrior)  # the version's (model.history)
     decode_chunk: int = 1  # requests per forward pass (ServingSettings.decode_chunk)
     load_seconds: float = 0.0  # fetch + merge + map + constraint + warm-up
     loaded_at: float = field(default_factory=time.time)
@@ -126,7 +126,7 @@ class Loader:
         if version is None:
             idmap = self.maps.load(self.base.idmap_version)
             self.base.check_map(idmap)
-            model, name = self.base.model, f"base:{self.base_name}"
+            model, name, prior = self.base.model, f"base:{self.base_name}", self.base.prior
         else:
             with tempfile.TemporaryDirectory(prefix="gensar-adapter-") as tmp:
                 try:
@@ -141,15 +141,16 @@ class Loader:
                 idmap = self._map(version, manifest.idmap_version)  # before the merge: a refusal costs no merge
                 model = merged(self.base.model, path).to(self.device)
             name = version
+            prior = HistoryPrior(weights=manifest.prior.weights) if manifest.prior else self.base.prior
         if IdLayout.of(idmap) != self.base.vocab.layout:
             raise BundleError(f"map {idmap.version} has layout {IdLayout.of(idmap)}, the model {self.base.vocab.layout}",
                               "layout")
         constraints, genre_group = genre_constraints(idmap, self.catalogue, self.device)
         renderer = Renderer(self.base.vocab, idmap, None, {}, self.base.render)  # no dataset: requests only
-        bundle = Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior, self.decode_chunk)
+        bundle = Bundle(name, idmap, model, renderer, constraints, genre_group, prior, self.decode_chunk)
         for task in TASKS:  # warm-up: first calls allocate caches and pick kernels
             bundle.decode(task, [renderer.source(task, [], "warm up")], np.zeros(1, np.int64), self.beams)
-        return Bundle(name, idmap, model, renderer, constraints, genre_group, self.base.prior, self.decode_chunk,
+        return Bundle(name, idmap, model, renderer, constraints, genre_group, prior, self.decode_chunk,
                       time.perf_counter() - started)
 
     def _map(self, version: str, idmap_version: str) -> IdentifierMap:

@@ -150,12 +150,17 @@ def test_the_report_and_the_charts_show_every_system():
                       systems=by_system(rows), versus_live=versus_live(rows),
                       baselines={"popularity_window": 300, "chosen_by": "setting"},
                       versions=[VersionRow(version="r0001", task="joint", status="rejected", reason="not decided: ...",
-                                           samples=10, gate={}, gate_outcome="not decided")],
+                                           samples=10, gate={}, gate_outcome="not decided"),
+                                VersionRow(version="r0002", task="joint", status="promoted", reason="better: ...",
+                                           samples=20, gate={}, gate_outcome="better",
+                                           prior={"weights": {"search": (4.0, 2.0, 256.0), "rec": (0.0, -0.5, 1.0)},
+                                                  "cases": {"search": 600, "rec": 0}})],
                       promoted=0, served_adapters=[], freshness_p50_s=None, records=len(rows))
     text = markdown(summary)
     for task, system in (("rec", "live"), ("rec", "frozen"), ("rec", "item-knn"), ("search", "bm25")):
         assert f"| {task} | {system} | 60 |" in text
-    assert "| r0001 | joint | rejected | 10 | - | not decided | not decided: ... |" in text
+    assert "| r0001 | joint | rejected | 10 | - | not decided | base | not decided: ... |" in text
+    assert "| better | rec (0, -0.5, 1) kept; search (4, 2, 256) on 600 | better: ... |" in text
     assert "the last 300 interactions (setting)" in text
     live_only = [Record(**{**r.__dict__, "baselines": {}}) for r in rows]
     for task in ("search", "rec"):  # a baseline adds a line of its own colour

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from evaluation.baselines import BM25Search, FusionSearch, ItemKNN, OwnTargetsSearch, Popularity, reciprocal_ranks
+from evaluation.generative import PriorEvidence, fit_weights
 from evaluation.metrics import expected_metrics, rank_counts, summarize
 from evaluation.protocols import cases, paper_candidates
 from evaluation.report import markdown_table, result_rows
@@ -138,3 +139,41 @@ def test_a_tags_only_search_case_does_not_see_the_interaction_of_its_own_tag(tmp
         act = derived[tag_interaction_id(c.case_id)]
         assert event_order(act) < event_order(searches[c.case_id])  # it sorts before the search...
         assert act.event_id not in {e.event_id for e in c.history}  # ...yet is not history: it is this very act
+
+
+def synthetic_evidence(n: int, seed: int) -> PriorEvidence:
+    """Cases whose true item the model ranks below one other, but which the user searched
+    (feature 0) and the other not: a positive search weight ranks it first."""
+    rng = np.random.default_rng(seed)
+    paper = rng.normal(-5, 0.1, (n, 4))
+    paper[:, 0], paper[:, 1] = -3.0, -2.0  # true item second by likelihood
+    paper_features = np.zeros((n, 4, 3))
+    paper_features[:, 0, 0] = math.log1p(1)
+    width = int(rng.integers(3, 6))
+    full = np.full((n, width), -np.inf)
+    full[:, :2] = [-2.0, -3.0]  # the beam's best, then the true item
+    full_features = np.zeros((n, width, 3))
+    full_features[:, 1, 0] = math.log1p(1)
+    column = np.ones(n, np.int64)
+    column[: n // 5] = width  # the beam missed the true item here
+    return PriorEvidence(paper, paper_features, full, full_features, column)
+
+
+def test_prior_weights_are_fitted_on_evidence_pooled_over_parts():
+    first, second = synthetic_evidence(30, 0), synthetic_evidence(20, 1)
+    weights, report = fit_weights(first)
+    assert weights[0] > 0 and report["cases"] == 30  # the searched item first, with the smallest weight that does
+    assert report["chosen"]["paper_NDCG@10"] == 1.0 and report["without"]["paper_NDCG@10"] < 1.0
+    assert report["chosen"]["full_NDCG@10"] == pytest.approx(0.8)  # the beam's misses stay misses
+    pooled = PriorEvidence.join([first, second])
+    width = max(first.full.shape[1], second.full.shape[1])
+    assert len(pooled) == 50 and pooled.full.shape == (50, width) and pooled.full_features.shape == (50, width, 3)
+    missed = np.r_[np.arange(6), 30 + np.arange(4)]  # each part's not-reached cases point past the padded width
+    assert (pooled.target_column[missed] == width).all()
+    assert (np.delete(pooled.target_column, missed) == 1).all()
+    pooled_weights, pooled_report = fit_weights(pooled)
+    assert pooled_weights == weights and pooled_report["cases"] == 50
+    assert pooled_report["without"]["full_NDCG@10"] == pytest.approx(report["without"]["full_NDCG@10"])
+    newest = pooled.newest(20)
+    assert len(newest) == 20 and (newest.paper == second.paper).all()
+    assert (newest.target_column == np.where(second.target_column == second.full.shape[1], width, 1)).all()

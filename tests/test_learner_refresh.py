@@ -4,12 +4,14 @@ second refresh continues from the serving adapter."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 
+from evaluation.generative import GenerativeSystem, fit_weights, prior_evidence
 from gensar.data import event_order, target_item
 from gensar.events import HistoryEntry, InteractionEvent, TrainingSample
 from identifiers.idmap import IdentifierMap, MapStore
@@ -17,6 +19,7 @@ from learner.refresh import GateCases, Refresher, gate
 from learner.registry import LocalArtifactStore, Registry
 from learner.settings import LearnerSettings, RefreshTraining
 from model.artifact import GenSARModel
+from model.history import HistoryPrior
 from model.tasks import KIND, TaskMix, build_pools
 from model.train import TrainSettings, train
 from test_model import TINY, tiny_model, tiny_world
@@ -289,3 +292,35 @@ def test_a_refresh_trains_against_the_latest_map_and_scores_serving_on_its_own(w
     maps.save(wrong)
     with pytest.raises(ValueError, match="layout"):  # a map of another shape needs another base model
         r.renderer_for("tiny3")
+
+
+def test_each_refresh_refits_the_history_prior_on_samples_the_serving_version_had_not_seen(world, tmp_path):
+    base, renderer, fresh = world
+    r = refresher(base, renderer, tmp_path, prior_cases=60, prior_min_cases=50, gate_margin=1.0)
+    train_part = fresh[: int(len(fresh) * 0.7)]  # holdout_fraction 0.3: the gate's slice is never pooled
+    first = r.run(fresh, [], "p1")
+    assert first.status == "promoted", first.reason
+    record = r.registry.manifest("p1").prior
+    assert record.cases == {"search": 60, "rec": 60}
+    assert not r.prior_pool.pooled & {s.event_id for s in fresh[len(train_part):]}
+    # the weights are those the base model (serving before p1) ranks the newest 60 training samples per task best with
+    newest = [s for task in ("search", "rec") for s in [s for s in train_part if s.task == task][-60:]]
+    cases = GateCases(newest, list(renderer.idmap.item_ids), renderer.item_text, 99, 0)
+    for task, (task_cases, candidates) in cases.by_task.items():
+        system = GenerativeSystem("check", task, base, renderer, cases.item_index)
+        assert record.weights[task] == fit_weights(prior_evidence(system, task_cases, candidates))[0]
+    assert r.prior_of("p1").weights == record.weights  # the version serves with them (serving.bundle reads them too)
+    r.run(fresh, [], "p2")  # a retry of the same samples pools nothing twice
+    assert r.registry.manifest("p2").prior.cases == {"search": 60, "rec": 60}
+
+
+def test_a_task_with_too_few_pooled_cases_keeps_the_serving_versions_prior(world, tmp_path):
+    base, renderer, fresh = world
+    served = dataclasses.replace(base, prior=HistoryPrior(weights={"search": (2.0, 0.0, 4.0), "rec": (0.0, -2.0, 1.0)}))
+    r = refresher(served, renderer, tmp_path, prior_cases=60, prior_min_cases=61)
+    r.run(fresh, [], "k1")
+    assert r.registry.manifest("k1").prior.model_dump() == {
+        "weights": {"search": (2.0, 0.0, 4.0), "rec": (0.0, -2.0, 1.0)}, "cases": {"search": 0, "rec": 0}}
+    off = refresher(served, renderer, tmp_path / "off", prior_pool=0)
+    off.run(fresh, [], "o1")
+    assert off.prior_pool is None and off.registry.manifest("o1").prior is None and off.prior_of("o1") == served.prior

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from gensar.data import leave_one_out, load
-from gensar.events import ItemUpsert
+from gensar.events import HistoryEntry, ItemUpsert
 from gensar.layout import Layout
 from gensar.replay import make_producer
 from gensar.topics import ITEMS
 from identifiers.idmap import MapStore
 from learner.lora import save_adapter, tune
-from learner.registry import LocalArtifactStore, Manifest, Registry, TrainingWindow
+from learner.registry import LocalArtifactStore, Manifest, PriorRecord, Registry, TrainingWindow
 from learner.settings import LoraSettings
 from model.artifact import GenSARModel
 from model.tasks import TaskMix, build_pools
@@ -191,6 +191,20 @@ def test_a_version_on_another_base_model_is_refused(engine, world, tmp_path):
     reg.publish(adapter, manifest.model_copy(update={"version": "other", "base_model": "big"}))
     with pytest.raises(BundleError, match="base model 'big'"):
         engine.loader.load("other")
+
+
+def test_a_version_serves_with_the_history_prior_its_manifest_carries(engine, world, tmp_path):
+    reg = registry(world)
+    manifest, adapter = reg.fetch("v1", tmp_path / "v1")
+    weights = {"search": (16.0, 0.0, 0.0), "rec": (0.0, -8.0, 0.0)}  # what a refresh refitted (learner.refresh)
+    reg.publish(adapter, manifest.model_copy(update={"version": "primed", "prior": PriorRecord(weights=weights)}))
+    primed, plain = engine.loader.load("primed"), engine.loader.load("v1")
+    assert primed.prior.weights == weights and plain.prior == engine.loader.base.prior
+    item = plain.idmap.item_ids[3]
+    history = [HistoryEntry(item_id=item, query="zulu", timestamp=0.0)] * 2
+    sources = [plain.renderer.source("search", history, "zulu")]
+    rows, _ = primed.decode("search", sources, np.zeros(1, np.int64), 10, [history])
+    assert primed.idmap.item_ids[rows[0][0]] == item  # the twice-searched item first: the version's prior lifted it
 
 
 def test_in_flight_batches_finish_on_their_version_during_swaps(engine, world):
