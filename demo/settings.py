@@ -27,6 +27,10 @@ class DemoSettings(BaseModel):
     learner_epochs: float = Field(3.0, gt=0)  # LearnerSettings' default (bench/results/refresh_recipe.md)
     drain_seconds: float = Field(120.0, ge=0)  # after the replay: wait this long at most for the last refresh
     gate_min_cases: int = Field(100, ge=1)  # the learner's gate decides a task on at least this many held-out cases
+    # The learner's stream refit of the history prior (LearnerSettings.prior_*): each refresh
+    # scores up to prior_refit_cases training samples per task first; 0: never refitted.
+    prior_refit_cases: int = Field(150, ge=0)
+    prior_refit_min_cases: int = Field(100, ge=1)
     # The streaming popularity baseline's window in interactions; None: the best of
     # demo.baselines.WINDOWS on the bootstrap's last prior_fraction (never on the replay).
     popularity_window: int | None = Field(None, ge=1)
@@ -47,4 +51,7 @@ QUICK = DemoSettings(items=600, replay_events=1500, replay_seconds=30, chunk_eve
                      learner_window=600, learner_replay=600, drain_seconds=60, qdrant=False,
                      # its refreshes hold out 30-90 samples, searches among them: the gate decides on
                      # fewer cases than the default asks, so the quick demo shows the machinery, not evidence
-                     gate_min_cases=25)
+                     gate_min_cases=25,
+                     # scoring 150 samples per task before each of its short refreshes took the
+                     # quick demo from 161 s to 200 s; a few dozen still show the refit
+                     prior_refit_cases=30, prior_refit_min_cases=25)

@@ -54,6 +54,20 @@ def wait_for(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
 
 
+def learner_environment(s: DemoSettings) -> dict[str, str]:
+    """The learner process's settings for this profile, as the variables LearnerSettings reads."""
+    prior = dict(prior_cases=s.prior_refit_cases, prior_min_cases=s.prior_refit_min_cases) \
+        if s.prior_refit_cases else dict(prior_pool=0)
+    learner = LearnerSettings(refresh_every_samples=s.refresh_every_samples, min_samples=min(200, s.refresh_every_samples),
+                              window=s.learner_window, replay=s.learner_replay, refresh_every_seconds=60.0,
+                              gate_min_cases=s.gate_min_cases, metrics_port=0, seed=s.seed, **prior)
+    env = {f"GENSAR_LEARNER__{k.upper()}": str(v) for k, v in learner.model_dump(include={
+        "refresh_every_samples", "min_samples", "window", "replay", "refresh_every_seconds", "gate_min_cases",
+        "prior_pool", "prior_cases", "prior_min_cases", "metrics_port", "seed"}).items()}
+    env["GENSAR_LEARNER__TRAINING__EPOCHS"] = str(s.learner_epochs)
+    return env
+
+
 class Stack:
     def __init__(self, root: Path, layout: Layout, data_dir: Path, base_name: str, settings: DemoSettings, log):
         self.root, self.data_dir, self.base_name, self.settings, self.log = root, data_dir, base_name, settings, log
@@ -89,14 +103,7 @@ class Stack:
             "GENSAR_STREAMS__WEB_PORT": str(self.ports["streams_web"]),
             "GENSAR_STREAMS__METRICS_PORT": str(self.ports["streams_metrics"])})
         self._start_ray()
-        s = self.settings
-        learner = LearnerSettings(refresh_every_samples=s.refresh_every_samples, min_samples=min(200, s.refresh_every_samples),
-                                  window=s.learner_window, replay=s.learner_replay, refresh_every_seconds=60.0,
-                                  gate_min_cases=s.gate_min_cases, metrics_port=0, seed=s.seed)
-        env = {f"GENSAR_LEARNER__{k.upper()}": str(v) for k, v in learner.model_dump(include={
-            "refresh_every_samples", "min_samples", "window", "replay", "refresh_every_seconds", "gate_min_cases",
-            "metrics_port", "seed"}).items()}
-        env["GENSAR_LEARNER__TRAINING__EPOCHS"] = str(s.learner_epochs)
+        env = learner_environment(self.settings)
         env["RAY_ADDRESS"] = self.ray_address
         self._spawn("learner", [sys.executable, "-m", "cli.main", "learner", "--base", self.base_name,
                                 "--data", str(self.data_dir)], env)

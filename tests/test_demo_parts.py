@@ -13,12 +13,14 @@ from PIL import Image
 from gensar import data as datasets
 from gensar.layout import Layout
 from identifiers.build import top_items_slice
+from learner.settings import LearnerSettings
 
 from demo.bootstrap import write_movielens
 from demo.plots import prequential_charts, rolling
 from demo.prequential import Histories, Record, differences, new_items, rank_metrics
 from demo.run import StateMismatch, check_resumable
-from demo.settings import QUICK
+from demo.settings import FULL, QUICK
+from demo.stack import learner_environment
 from demo.status import create_app, prometheus_sums
 
 
@@ -136,3 +138,16 @@ def test_prometheus_sums():
             'gensar_stream_dead_letters_total{reason="bad"} 2.0\nother 9\n')
     assert prometheus_sums(text, ("gensar_stream_consumer_lag", "gensar_stream_dead_letters")) == {
         "gensar_stream_consumer_lag": 7.0, "gensar_stream_dead_letters": 2.0}
+
+
+def test_each_profile_reaches_the_learner_as_its_settings(monkeypatch):
+    for profile, pool, cases in [(FULL, LearnerSettings().prior_pool, 150), (QUICK, LearnerSettings().prior_pool, 30),
+                                 (QUICK.model_copy(update={"prior_refit_cases": 0}), 0, None)]:
+        with monkeypatch.context() as env:
+            for name, value in learner_environment(profile).items():
+                env.setenv(name, value)
+            learner = LearnerSettings()
+        assert (learner.prior_pool, learner.gate_min_cases, learner.training.epochs) == \
+            (pool, profile.gate_min_cases, profile.learner_epochs)
+        if cases is not None:
+            assert (learner.prior_cases, learner.prior_min_cases) == (cases, profile.prior_refit_min_cases)
