@@ -15,9 +15,9 @@ item is scored as
 with three weights per task fitted on validation cases (evaluation.generative.fit_prior),
 saved with the model, refitted by each refresh on the stream's cases (learner.refresh.
 PriorPool, saved in the version's manifest) and applied wherever it ranks items
-(evaluation, the learner's gate, serving). Zero weights (the default) leave the model's likelihood alone. The items it
-lifts are scored by the model like any other (model.generate.score_ids), so a searched
-item the beam did not reach can still be found.
+(evaluation, the learner's gate, serving). Zero weights (the default) leave the model's
+likelihood alone. The items it lifts are scored by the model like any other
+(model.generate.score_ids), so a searched item the beam did not reach can still be found.
 """
 
 from __future__ import annotations
