@@ -26,9 +26,7 @@ changelogs rather than a local store that may be ahead of them (streams.worker).
 
 from __future__ import annotations
 
-import asyncio
-from functools import partial
-from typing import Any
+from typing import Any, Iterable
 
 import faust
 import mode
@@ -108,7 +106,8 @@ class StreamApp:
             agent_supervisor=mode.CrashingSupervisor,
         )
         faust_fixes.install(self.app, kafka, self.faults)  # before the agents: declaring one builds the transport
-        self.transactions = Transactions(self.app, streams.commit_interval_s)
+        self.transactions = Transactions(self.app, streams.commit_interval_s, self.faults,
+                                         on_produced=self._count_produced, on_stored=self._stored)
         self.delivery = InOrderDelivery(kafka, self.app.conf.id)
         self._declare_topics()
         self._declare_tables()
@@ -130,6 +129,7 @@ class StreamApp:
             key_serializer="raw", value_serializer="raw", allow_empty=True)
         self.items = self._topic(ITEMS.full_name(kafka), ITEMS.partition_count(kafka))
         self.samples_name = TRAINING_SAMPLES.full_name(kafka)
+        self.sample_partitions = TRAINING_SAMPLES.partition_count(kafka)
         self.dead_letter_name = DEAD_LETTER.full_name(kafka)
 
     # --- tables ------------------------------------------------------------------------
@@ -151,6 +151,7 @@ class StreamApp:
                                          **raw)
         self.user_states = DecodedCache(self.users, UserState)
         self.item_shares = DecodedCache(self.item_stats, ItemStats)
+        self._caches = {cache.table: cache for cache in (self.user_states, self.item_shares)}
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
@@ -173,8 +174,14 @@ class StreamApp:
             return item_stats_partition(key)
         return partition_for(key, table.partitions)
 
+    def _stored(self, table: faust.Table, keys: Iterable[bytes]) -> None:
+        if table in self._caches:
+            self._caches[table].stored(keys)
+
     def _forget_cached(self) -> None:
-        """Partitions moved: recovery rewrites stores behind the caches' back."""
+        """Partitions moved: recovery rewrites stores behind the caches' back. (Faust has
+        committed every transaction before it signals a revocation, so no write is
+        only in a cache.)"""
         self.user_states.clear()
         self.item_shares.clear()
 
@@ -203,13 +210,16 @@ class StreamApp:
         verdict = self.delivery.admit(message)
         if verdict is Verdict.REWIND:
             await self.app.consumer.seek_wait({message.tp: self.delivery.expected[message.tp]})
-            self.metrics.events.labels(message.topic, "rewound").inc()
+            self.metrics.count(message.topic, "rewound")
         elif verdict is Verdict.SKIP:
-            self.metrics.events.labels(message.topic, "repeated").inc()
+            self.metrics.count(message.topic, "repeated")
         return verdict is Verdict.PROCESS
 
+    def _count_produced(self, topic: str, records: int) -> None:
+        self.metrics.count(topic, "produced", records)
+
     def _processing(self, message: faust.types.Message):
-        return self.metrics.processing.labels(message.topic).time()
+        return self.metrics.processing_of(message.topic).time()
 
     async def _on_user_event(self, message: faust.types.Message) -> None:
         spec = self.topic_spec[message.topic]
@@ -228,24 +238,20 @@ class StreamApp:
         except InvalidEvent as bad:
             await self._dead_letter(message, bad)
             return
-        writes = [self.user_states.put(event.user_id.encode(), apply_user_event(
+        self._write(message, self.user_states, event.user_id.encode(), apply_user_event(
             state, event, spec.name, message.offset, self.streams.history_length,
-            self.streams.search_history_length))]
+            self.streams.search_history_length))
         for item_id in items_used(event):
             key = item_stats_key(message.partition, item_id)
-            writes.append(self.item_shares.put(key, apply_item_use(self.item_shares.get(key), event, spec.name,
-                                                                   message.offset)))
-        self._write_locally(writes)
+            self._write(message, self.item_shares, key, apply_item_use(self.item_shares.get(key), event, spec.name,
+                                                                       message.offset))
         await self.faults.reach("after-local-write")
         headers = _source_headers(message)
         for sample in samples:
-            await self._send(message, self.samples_name, sample.key(), sample.to_bytes(),
-                             partition_for(sample.key(), TRAINING_SAMPLES.partition_count(self.settings.kafka)), headers)
-        user_write, item_writes = writes[:1], writes[1:]
-        await self._send_changelogs(message, user_write)
-        await self.faults.reach("between-changelog-sends")
-        await self._send_changelogs(message, item_writes)
-        self.metrics.events.labels(message.topic, "processed").inc()
+            key = sample.key()
+            self.transactions.send(message, self.samples_name, key, sample.to_bytes(),
+                                   partition_for(key, self.sample_partitions), headers)
+        self.metrics.count(message.topic, "processed")
 
     async def _on_item_upsert(self, message: faust.types.Message) -> None:
         try:
@@ -253,10 +259,8 @@ class StreamApp:
         except InvalidEvent as bad:
             await self._dead_letter(message, bad)
             return
-        writes = [(self.catalogue, item.item_id.encode(), item.to_bytes())]  # the latest upsert wins
-        self._write_locally(writes)
-        await self._send_changelogs(message, writes)
-        self.metrics.events.labels(message.topic, "processed").inc()
+        self.transactions.write(message, self.catalogue, item.item_id.encode(), item.to_bytes())  # the latest upsert wins
+        self.metrics.count(message.topic, "processed")
 
     async def _unknown_items(self, item_ids: list[str]) -> list[str]:
         """Items this worker does not know once it has read every upsert acknowledged
@@ -271,34 +275,16 @@ class StreamApp:
     async def _dead_letter(self, message: faust.types.Message, bad: InvalidEvent) -> None:
         letter, headers = dead_letter(bad, message.value, topic=message.topic, partition=message.partition,
                                       offset=message.offset)
-        await self._send(message, self.dead_letter_name, letter.key(), letter.to_bytes(), 0,
-                         _source_headers(message) + headers)
-        self.metrics.events.labels(message.topic, "dead-lettered").inc()
+        self.transactions.send(message, self.dead_letter_name, letter.key(), letter.to_bytes(), 0,
+                               _source_headers(message) + headers)
+        self.metrics.count(message.topic, "dead-lettered")
         self.metrics.dead_letters.labels(bad.reason).inc()
 
-    def _write_locally(self, writes: list[tuple[faust.Table, bytes, bytes]]) -> None:
-        """Write table entries to this worker's store now (in the current event's
-        partition); their changelog records follow with the event's other outputs."""
-        for table, key, value in writes:
-            table.data[key] = value
-
-    async def _send_changelogs(self, source: faust.types.Message, writes: list[tuple[faust.Table, bytes, bytes]]) -> None:
-        """The changelog records of `writes`, in the source event's transaction. (Faust's
-        own path buffers them and sends one at a time, which costs more than the rest of
-        the processing together.) Once a record is stored, the local store remembers
-        its offset, so a restart recovers only what came after it."""
-        for table, key, value in writes:
-            topic = table.changelog_topic.get_topic_name()
-            future = await self._send(source, topic, key, value, source.partition)
-            future.add_done_callback(partial(_persist_offset, table, TP(topic, source.partition)))
-
-    async def _send(self, source: faust.types.Message, topic: str, key: bytes, value: bytes, partition: int,
-                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
-        """Produce a record; exactly-once: inside the transaction of `source`'s partition."""
-        future = await self.app.producer.send(topic, key, value, partition, None, headers,
-                                              transactional_id=self.transactions.transactional_id(source))
-        future.add_done_callback(lambda f: f.exception() or self.metrics.events.labels(topic, "produced").inc())
-        return future
+    def _write(self, source: faust.types.Message, cache: "DecodedCache", key: bytes, value: Record) -> None:
+        """A table write: read back from the cache at once; in the store and the changelog
+        with the source event's transaction (streams.transactions)."""
+        cache.put(key, value)
+        self.transactions.write(source, cache.table, key, value)
 
     # --- the read interface ------------------------------------------------------------
 
@@ -340,38 +326,43 @@ class StreamApp:
 
 class DecodedCache:
     """Decoded values of a table's entries, in front of its store (decoding a user's
-    history costs more than the rest of its processing). Only this worker writes the
+    history costs more than the rest of its processing), including the writes that reach
+    the store only when their transaction is committed. Only this worker writes the
     entries of its partitions, through `put`, so the cache stays true until partitions
     move; then it is emptied."""
 
     def __init__(self, table: faust.Table, model: type[Record], limit: int = 200_000):
         self.table, self.model, self.limit = table, model, limit
         self._values: dict[bytes, Record] = {}
+        self._unstored: set[bytes] = set()  # put, not yet in the store: never forgotten
 
     def get(self, key: bytes) -> Any:
+        """The entry of `key` (the model's empty value when there is none)."""
+        return self.lookup(key) or self.model()
+
+    def lookup(self, key: bytes) -> Any:
+        """The entry of `key`, None when there is none."""
         value = self._values.get(key)
         if value is None:
-            value = self._remember(key, self.model.from_bytes(self.table.get(key)))
+            raw = self.table.get(key)
+            value = None if raw is None else self._remember(key, self.model.from_bytes(raw))
         return value
 
-    def put(self, key: bytes, value: Record) -> tuple[faust.Table, bytes, bytes]:
-        """Remember `value`; return the table write to make."""
+    def put(self, key: bytes, value: Record) -> None:
+        self._unstored.add(key)
         self._remember(key, value)
-        return self.table, key, value.to_bytes()
+
+    def stored(self, keys: Iterable[bytes]) -> None:
+        self._unstored.difference_update(keys)
 
     def clear(self) -> None:
-        self._values.clear()
+        self._values = {key: self._values[key] for key in self._unstored}
 
     def _remember(self, key: bytes, value: Record) -> Record:
         if len(self._values) >= self.limit:
-            self._values.clear()
+            self.clear()
         self._values[key] = value
         return value
-
-
-def _persist_offset(table: faust.Table, tp: TP, future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is None:
-        table.data.set_persisted_offset(tp, future.result().offset)
 
 
 def _source_headers(message: faust.types.Message) -> list[tuple[str, bytes]]:

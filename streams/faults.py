@@ -23,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 #: Where a fault can be injected, and what holds when the site is reached.
 SITES = {
-    "after-local-write": "a user event's table writes are in the local store; none of its outputs is sent",
-    "between-changelog-sends": "a user event's samples and its users changelog record are sent, "
-                               "its item-stats changelog records are not",
+    "after-local-write": "a user event's table writes are made (read back from the worker's cache; they reach "
+                         "the store with the transaction's changelogs); none of its outputs is queued",
+    "between-changelog-sends": "a transaction is being committed: its samples and its first table's changelog "
+                               "records (users) are handed to the producer, the others (item-stats) are not",
     "before-commit": "a transaction holds its consumed offsets (sent to it); it is not committed",
     "after-commit": "a transaction has just committed; its partition's next one is not begun",
     "recovery-record": "Faust's table recovery has read this many changelog records (of any table, the "

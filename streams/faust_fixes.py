@@ -57,12 +57,30 @@ transaction of its *destination* partition ([faust#323]: a KeyError / no produce
 topics the app does not consume); we name the transaction of the source partition, in
 the id format Faust's TransactionManager opens transactions under.
 
+3b. At-least-once, something to do before every commit (`before_consumer_commits`):
+streams.transactions sends the queued outputs, so no offset is committed ahead of its
+event's outputs.
+
 5. Fault sites inside Faust (tests only; streams.faults). Two of the places a test kills or
 delays a worker are inside Faust: a transaction's commit, after Faust has sent it the
 consumed offsets (`Producer.commit_transactions`), and recovery's seek of the stream
 partitions to their committed offsets right before it resumes flow
 (`Consumer.perform_seek`). Only when a fault is set does the transport build the
 subclasses that reach them; a worker without one runs exactly the classes of 1.-3.
+
+6. Batched sends (`aiokafka_producer`). Faust's `Producer.send` takes a lock and goes
+through aiokafka's `send` for every record; streams.transactions hands aiokafka whole
+batches instead (`create_batch` / `send_batch`, public aiokafka API) on the producer
+Faust keeps for the transaction (its private `_transaction_producers`), under the lock
+Faust takes for it (`_trn_locks`), or on Faust's plain producer (`_ensure_producer()`)
+when there is no transaction.
+
+7. Table writes outside an event (`write_store`). Faust's RocksDB store finds the partition
+of a write from the current event, which a commit from a timer does not have; and it
+writes through the write-ahead log one key at a time. streams.transactions writes a
+transaction's entries in one batch per partition (the store's private
+`_db_for_partition`, and its `_key_index` of which partition holds a key), skipping the
+log where the store is rebuilt from the changelogs at every start anyway.
 
 [faust#440]: https://github.com/faust-streaming/faust/issues/440
 [faust#517]: https://github.com/faust-streaming/faust/issues/517
@@ -74,9 +92,11 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import Any, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import faust
+from faust.stores import rocksdb as rocksdb_store
 from faust.transport.consumer import TopicPartitionGroup
 import aiokafka
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -166,6 +186,8 @@ class Consumer(aiokafka_driver.Consumer):
     #: When set (route_consumer_commits), every commit of this consumer, Faust's own
     #: included, calls it instead: `await handler(topics, start_new_transaction)`.
     commit_handler: CommitHandler | None = None
+    #: When set (before_consumer_commits), awaited before every commit of this consumer.
+    before_commit: Callable[[], Awaitable[None]] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -189,6 +211,8 @@ class Consumer(aiokafka_driver.Consumer):
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if self.commit_handler is not None:
             return await self.commit_handler(topics, start_new_transaction)
+        if self.before_commit is not None:
+            await self.before_commit()
         return await super().commit(topics, start_new_transaction=start_new_transaction)
 
 
@@ -258,6 +282,47 @@ def route_consumer_commits(consumer: object, handler: CommitHandler) -> None:
     if not isinstance(consumer, Consumer):
         raise TypeError(f"{type(consumer).__name__} is not the consumer streams.faust_fixes.install gives an app")
     consumer.commit_handler = handler
+
+
+def before_consumer_commits(consumer: object, step: Callable[[], Awaitable[None]]) -> None:
+    """Every commit `consumer` makes from now on awaits `step()` first (3b)."""
+    if not isinstance(consumer, Consumer):
+        raise TypeError(f"{type(consumer).__name__} is not the consumer streams.faust_fixes.install gives an app")
+    consumer.before_commit = step
+
+
+@asynccontextmanager
+async def aiokafka_producer(app: faust.App, transactional_id: str | None) -> AsyncIterator[aiokafka.AIOKafkaProducer]:
+    """The aiokafka producer of the transaction `transactional_id` (None: the app's
+    producer outside transactions), held under the lock Faust takes to send to it (6)."""
+    producer = app.producer
+    if transactional_id is None:
+        yield producer._ensure_producer()
+        return
+    transaction_producer = producer._transaction_producers.get(transactional_id)
+    if transaction_producer is None:  # Faust's own send fails the same way
+        raise faust.exceptions.ProducerSendError(f"No transaction producer found for : {transactional_id}")
+    async with producer._trn_locks[transactional_id]:
+        yield transaction_producer
+
+
+def write_store(table: faust.Table, partition: int, entries: list[tuple[bytes, bytes]], *, durable: bool) -> None:
+    """Write `entries` to `partition` of `table`'s local store, in one batch (7); not
+    `durable`: without RocksDB's write-ahead log (a crash may lose them)."""
+    store = table.data
+    if not isinstance(store, rocksdb_store.Store):  # memory://: a dict
+        for key, value in entries:
+            store[key] = value
+        return
+    if not rocksdb_store.USE_ROCKSDICT:
+        raise RuntimeError("the rocksdb:// store needs rocksdict (python-rocksdb is not supported)")
+    batch = rocksdb_store.WriteBatch(raw_mode=True)  # as the store opens its databases
+    for key, value in entries:
+        batch.put(key, value)
+        store._key_index[key] = partition
+    options = rocksdb_store.rocksdict.WriteOptions()
+    options.disable_wal = not durable
+    store._db_for_partition(partition).write(batch, options)
 
 
 def transactional_id(app: faust.App, topic: str, partition: int) -> str:

@@ -22,6 +22,8 @@ store that is ahead of the last committed transaction.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
+from operator import itemgetter
 from typing import Iterable
 
 from pydantic import BaseModel, ConfigDict
@@ -86,8 +88,12 @@ def insert_bounded(entries: list[tuple], entry: tuple, limit: int) -> list[tuple
 
 
 def earlier(entries: list[tuple], key: OrderKey | None) -> list[tuple]:
-    """The entries strictly earlier than `key` (all when None), in their order."""
-    return entries if key is None else [e for e in entries if tuple(e[:3]) < key]
+    """The entries strictly earlier than `key` (all when None), in their order (entries
+    are kept sorted by their order key, and no two share one)."""
+    return entries if key is None else entries[:bisect_left(entries, key, key=_order_of_entry)]
+
+
+_order_of_entry = itemgetter(0, 1, 2)
 
 
 def before(entries: list[tuple], key: OrderKey, limit: int) -> list[str]:
@@ -100,12 +106,17 @@ def merged_history(state: UserState, key: OrderKey | None = None, limit: int | N
     """Both histories in one, in event order, strictly earlier than `key` (all when None),
     the latest `limit` of them: the history the model renders. A search is its query and
     first clicked item; a search without a click has no item to render and is left out."""
+    return [HistoryEntry.model_validate(entry) for entry in _merged_entries(state, key, limit)]
+
+
+def _merged_entries(state: UserState, key: OrderKey | None, limit: int | None) -> list[dict]:
+    """merged_history's entries as HistoryEntry fields (a sample validates them all at once)."""
     searches = [e for e in earlier(state.queries, key) if e[4] is not None]
     merged = sorted([*earlier(state.items, key), *searches])  # entries sort by their order key: (timestamp, is_search, event id)
     if limit is not None:
         merged = merged[-limit:]
-    return [HistoryEntry(item_id=e[4], query=e[3], timestamp=e[0]) if e[1] else
-            HistoryEntry(item_id=e[3], timestamp=e[0]) for e in merged]
+    return [{"item_id": e[4], "query": e[3], "timestamp": e[0]} if e[1] else {"item_id": e[3], "timestamp": e[0]}
+            for e in merged]
 
 
 def apply_user_event(state: UserState, event: InteractionEvent | SearchEvent, topic: str, offset: int,
@@ -141,15 +152,17 @@ def samples_for(state: UserState, event: InteractionEvent | SearchEvent, history
     """Training samples for `event` from the user's state as it was before the event;
     `events` holds the latest `events_length` of both histories merged (all when None)."""
     key = order_key(event)
+    # Validated from plain values in one call: building the nested models one by one
+    # cost more than the rest of an event's processing.
     common = dict(timestamp=event.timestamp, user_id=event.user_id, source_event_id=event.event_id,
                   history=before(state.items, key, history_length),
                   search_history=before(state.queries, key, search_history_length),
-                  events=merged_history(state, key, events_length))
+                  events=_merged_entries(state, key, events_length))
     if isinstance(event, InteractionEvent):
-        return [TrainingSample(event_id=sample_id(event.event_id, "rec", 0), task="rec",
-                               target_item=event.item_id, **common)]
-    return [TrainingSample(event_id=sample_id(event.event_id, "search", i), task="search", query=event.query,
-                           target_item=item, **common)
+        return [TrainingSample.model_validate(dict(event_id=sample_id(event.event_id, "rec", 0), task="rec",
+                                                   target_item=event.item_id, **common))]
+    return [TrainingSample.model_validate(dict(event_id=sample_id(event.event_id, "search", i), task="search",
+                                               query=event.query, target_item=item, **common))
             for i, item in enumerate(clicked_targets(event))]
 
 

@@ -54,10 +54,10 @@ def declare_views(s: "StreamApp") -> None:
     class UserHistoryView(faust.web.View):
         @app.table_route(table=s.users, match_info="user_id")
         async def get(self, request: faust.web.Request, user_id: str) -> faust.web.Response:
-            raw = s.users.get(user_id.encode())
-            if raw is None:
+            state = s.user_states.lookup(user_id.encode())  # its latest writes included, committed or not
+            if state is None:
                 return self.notfound(f"no events of user {user_id!r}")
-            return self.json(UserHistory.of(user_id, UserState.from_bytes(raw)).model_dump())
+            return self.json(UserHistory.of(user_id, state).model_dump())
 
     @app.page("/items/{item_id}")
     class ItemView(faust.web.View):
@@ -69,9 +69,9 @@ def declare_views(s: "StreamApp") -> None:
 
     def local_stats(item_id: str) -> ItemStats | None:
         topic = s.item_stats.changelog_topic.get_topic_name()
-        shares = [s.item_stats.get(item_stats_key(tp.partition, item_id))
+        shares = [s.item_shares.lookup(item_stats_key(tp.partition, item_id))
                   for tp in app.assignor.assigned_actives() if tp.topic == topic]
-        shares = [ItemStats.from_bytes(raw) for raw in shares if raw is not None]
+        shares = [share for share in shares if share is not None]
         return functools.reduce(ItemStats.merge, shares) if shares else None
 
     def stats_response(view: faust.web.View, item_id: str, stats: ItemStats | None) -> faust.web.Response:
