@@ -349,8 +349,8 @@ class DecodedCache:
         return value
 
     def put(self, key: bytes, value: Record) -> None:
-        self._unstored.add(key)
         self._remember(key, value)
+        self._unstored.add(key)
 
     def stored(self, keys: Iterable[bytes]) -> None:
         self._unstored.difference_update(keys)

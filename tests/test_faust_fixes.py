@@ -225,3 +225,93 @@ def test_the_consumers_seek_stops_the_flow_before_it_seeks(tmp_path):
 def test_commits_cannot_be_routed_on_a_consumer_install_did_not_make():
     with pytest.raises(TypeError):
         faust_fixes.route_consumer_commits(object(), lambda *_: None)
+
+
+# --- 3b: at-least-once, a step before every commit -----------------------------------------------
+
+
+def test_at_least_once_every_commit_first_sends_what_is_queued(tmp_path, monkeypatch):
+    from streams.app import StreamApp
+
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"), state_dir=tmp_path)
+    stream_app = StreamApp(settings, StreamSettings(store="memory://", metrics_port=0,
+                                                    processing_guarantee="at_least_once"))
+    order = []
+
+    async def faust_commit(self, topics=None, start_new_transaction=True):
+        order.append("commit")
+        return True
+
+    async def flush_all():
+        order.append("flush")
+
+    monkeypatch.setattr(aiokafka_driver.Consumer, "commit", faust_commit)  # what ours calls after the step
+    monkeypatch.setattr(stream_app.transactions, "flush_all", flush_all)
+
+    async def check() -> None:
+        stream_app.app.in_worker = True
+        assert not stream_app.app.in_transaction
+        stream_app.transactions.take_over_consumer_commits()
+        assert stream_app.app.consumer.commit_handler is None
+        assert await stream_app.app.consumer.commit() is True
+
+    asyncio.run(check())
+    assert order == ["flush", "commit"]
+    with pytest.raises(TypeError):
+        faust_fixes.before_consumer_commits(object(), flush_all)
+
+
+# --- 6: batched sends on the producer Faust keeps for a transaction -------------------------------
+
+
+def test_the_transaction_producers_and_their_locks_are_where_faust_sends_through_them():
+    send = source(aiokafka_driver.Producer.send)
+    assert "self._transaction_producers.get(transactional_id)" in send, RECHECK
+    assert "async with self._trn_locks[transactional_id]:" in send, RECHECK
+    assert "transaction_producer = self._ensure_producer()" in send, RECHECK
+    commit = source(aiokafka_driver.Producer.commit_transactions)
+    assert "async with self._trn_locks[transactional_id]:" in commit, RECHECK
+    import aiokafka
+
+    for name in ("create_batch", "send_batch"):  # public aiokafka API, used on that producer
+        assert callable(getattr(aiokafka.AIOKafkaProducer, name)), RECHECK
+    assert "partition" in inspect.signature(aiokafka.AIOKafkaProducer.send_batch).parameters, RECHECK
+
+
+# --- 7: table writes outside an event ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_batch_written_to_a_partition_of_a_rocksdb_store_reads_back_through_the_table(tmp_path, durable):
+    from faust.stores import rocksdb as rocksdb_store
+
+    from streams.app import StreamApp
+
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"), state_dir=tmp_path)
+    stream_app = StreamApp(settings, StreamSettings(store="rocksdb://", metrics_port=0))
+    table = stream_app.users
+    assert isinstance(table.data, rocksdb_store.Store) and rocksdb_store.USE_ROCKSDICT, RECHECK
+    assert "self._key_index[key] = partition" in source(rocksdb_store.Store._set), RECHECK
+    faust_fixes.write_store(table, 2, [(b"u1", b"one"), (b"u2", b"two")], durable=durable)
+    faust_fixes.write_store(table, 3, [(b"u3", b"three")], durable=durable)
+    assert table.data._key_index[b"u1"] == 2 and table.data._key_index[b"u3"] == 3
+    assert dict(table.data._dbs[2].items()) == {b"u1": b"one", b"u2": b"two"}
+    assert table.get(b"u2") == b"two" and table.get(b"u3") == b"three"
+
+
+def test_the_cache_never_forgets_a_write_that_has_not_reached_the_store(tmp_path):
+    from streams.app import DecodedCache, StreamApp
+    from streams.state import UserState
+
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"), state_dir=tmp_path)
+    stream_app = StreamApp(settings, StreamSettings(store="memory://", metrics_port=0))
+    cache = DecodedCache(stream_app.users, UserState, limit=2)
+    stream_app.users.data[b"old"] = UserState(searches=7).to_bytes()
+    assert cache.lookup(b"old").searches == 7 and cache.lookup(b"none") is None and cache.get(b"none") == UserState()
+    cache.put(b"a", UserState(interactions=1))
+    cache.put(b"b", UserState(interactions=2))  # over the limit: only stored entries are forgotten
+    cache.clear()
+    assert cache.lookup(b"a").interactions == 1 and cache.lookup(b"b").interactions == 2  # the store has neither
+    cache.stored([b"a"])
+    cache.clear()
+    assert cache.lookup(b"a") is None and cache.lookup(b"b").interactions == 2
