@@ -181,7 +181,7 @@ class Case:
 
 CASES = [
     Case(f"kill:after-local-write:{FIRST + KILL_AT_EVENT}", "processing"),
-    Case("kill:between-changelog-sends:1", "first-commits"),  # the first user transaction, one table sent
+    Case("kill:between-changelog-sends:2", "first-commits"),  # one user transaction committed, the next half sent
     Case("kill:before-commit:3", "first-commits"),  # two transactions committed, one holding its offsets, two open
     Case("kill:after-commit:3", "first-commits"),  # three committed, two open
     Case(f"kill:recovery-record:{RECOVERY_RECORDS}", "recovery"),
