@@ -338,7 +338,8 @@ class DecodedCache:
 
     def get(self, key: bytes) -> Any:
         """The entry of `key` (the model's empty value when there is none)."""
-        return self.lookup(key) or self.model()
+        value = self.lookup(key)
+        return self.model() if value is None else value
 
     def lookup(self, key: bytes) -> Any:
         """The entry of `key`, None when there is none."""

@@ -279,16 +279,18 @@ def install(app: faust.App, kafka: KafkaSettings, faults: Faults) -> None:
 def route_consumer_commits(consumer: object, handler: CommitHandler) -> None:
     """Every commit `consumer` makes from now on, Faust's own (rebalance, shutdown, its
     timer) included, calls `handler(topics, start_new_transaction)` instead (fix 3)."""
-    if not isinstance(consumer, Consumer):
-        raise TypeError(f"{type(consumer).__name__} is not the consumer streams.faust_fixes.install gives an app")
-    consumer.commit_handler = handler
+    _ours(consumer).commit_handler = handler
 
 
 def before_consumer_commits(consumer: object, step: Callable[[], Awaitable[None]]) -> None:
     """Every commit `consumer` makes from now on awaits `step()` first (3b)."""
+    _ours(consumer).before_commit = step
+
+
+def _ours(consumer: object) -> Consumer:
     if not isinstance(consumer, Consumer):
         raise TypeError(f"{type(consumer).__name__} is not the consumer streams.faust_fixes.install gives an app")
-    consumer.before_commit = step
+    return consumer
 
 
 @asynccontextmanager

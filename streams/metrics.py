@@ -24,19 +24,18 @@ class StreamMetrics:
             buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0))
 
         # Children by label values: looking one up costs more than the increment.
-        self._counters: dict[tuple[str, str], Counter] = {}
-        self._timers: dict[str, Histogram] = {}
+        self._children: dict[tuple, Counter | Histogram] = {}
 
     def count(self, topic: str, outcome: str, records: int = 1) -> None:
-        child = self._counters.get((topic, outcome))
-        if child is None:
-            child = self._counters[(topic, outcome)] = self.events.labels(topic, outcome)
-        child.inc(records)
+        self._child(self.events, topic, outcome).inc(records)
 
     def processing_of(self, topic: str) -> Histogram:
-        child = self._timers.get(topic)
+        return self._child(self.processing, topic)
+
+    def _child(self, metric: Counter | Histogram, *values: str):
+        child = self._children.get((metric, *values))
         if child is None:
-            child = self._timers[topic] = self.processing.labels(topic)
+            child = self._children[(metric, *values)] = metric.labels(*values)
         return child
 
     def serve(self, host: str, port: int) -> None:

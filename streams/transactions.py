@@ -21,10 +21,11 @@ commits (the samples sooner, when many are queued). The table writes reach the l
 store then too, each key encoded once, in one batch per partition, right before their
 changelog records are sent (the agent reads its own writes from streams.app's
 DecodedCache meanwhile). Exactly-once, a worker starts from the committed changelogs
-(streams.worker deletes its store), so those batches skip RocksDB's write-ahead log. Under at-least-once there is no
-transaction: the queue is sent when it is a few milliseconds old or big, and always —
-waiting for the broker's acknowledgements — before Faust commits offsets, so no
-committed offset is ahead of its event's outputs.
+(streams.worker deletes its store), so those batches skip RocksDB's write-ahead log.
+Under at-least-once there is no transaction: the queue is sent when it is
+AT_LEAST_ONCE_LINGER_S old or big, and always — waiting for the broker's
+acknowledgements — before Faust commits offsets, so no committed offset is ahead of its
+event's outputs.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ class Transactions:
         if outbox is None or not (outbox.queued or (changelogs and outbox.changelogs)):
             return
         records, outbox.records, outbox.queued = outbox.records, defaultdict(list), 0
-        tables: dict[tuple[faust.Table, int], dict[bytes, bytes]] = {}
+        tables: dict[tuple[faust.Table, int], dict[bytes, TableValue]] = {}
         if changelogs:
             tables, outbox.changelogs, outbox.since = outbox.changelogs, {}, None
         async with faust_fixes.aiokafka_producer(self.app, tid) as producer:
